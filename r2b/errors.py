@@ -1,0 +1,124 @@
+"""One rooted error hierarchy for r2b.
+
+Every error a user can meet is an ``R2BError``; its ``str()`` is a one-line message that says
+what went wrong and, where there is something to do, what to do. Errors carry their data as
+attributes so callers (and tests) never parse messages. Vendor errors (botocore, OS errors)
+are translated into these types at the boundary where they occur.
+
+    R2BError
+    ├── BadInput                      the user asked for something that cannot be
+    │   ├── NotADisk(path, reason)
+    │   └── DiskSizeChanged(disk, registered, now)
+    ├── NotFound(key)                 an object / machine / checkpoint does not exist
+    │   └── UnknownMachine(name)
+    ├── StoreError                    the object store failed
+    │   ├── TransientStoreError       worth retrying (timeouts, 5xx, throttling)
+    │   │   └── StoreUnreachable(url)
+    │   └── PermanentStoreError       not worth retrying (denied, bad bucket, ...)
+    │       └── BucketMissing(bucket)
+    ├── CorruptData                   stored bytes do not match their digest
+    │   └── JournalCorrupt(machine, disk, key, blocks)
+    ├── ConflictError                 somebody else committed first (concurrent writer)
+    └── QuiesceError(target, reason)  freezing or thawing failed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class R2BError(Exception):
+    """Root of every error r2b raises on purpose."""
+
+
+class BadInput(R2BError):
+    pass
+
+
+class NotADisk(BadInput):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path} is not a usable disk: {reason}")
+
+
+class DiskSizeChanged(BadInput):
+    def __init__(self, disk: str, registered: int, now: int) -> None:
+        self.disk = disk
+        self.registered = registered
+        self.now = now
+        verb = "grew" if now > registered else "shrank"
+        super().__init__(
+            f"disk {disk} {verb} from {registered} to {now} bytes since it was registered; "
+            "nothing was replicated (register it again as a new disk to protect the new size)"
+        )
+
+
+class NotFound(R2BError):
+    def __init__(self, key: str, what: str = "object") -> None:
+        self.key = key
+        self.what = what
+        super().__init__(f"{what} not found: {key}")
+
+
+class UnknownMachine(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(name, "machine")
+        self.args = (f"unknown machine {name!r}: register it with 'r2b machine add'",)
+
+
+class StoreError(R2BError):
+    pass
+
+
+class TransientStoreError(StoreError):
+    """A failure that may go away when retried (timeout, throttling, 5xx)."""
+
+
+class StoreUnreachable(TransientStoreError):
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"object store {url} is unreachable: {reason}")
+
+
+class PermanentStoreError(StoreError):
+    """A failure that retrying will not fix (access denied, invalid request)."""
+
+
+class BucketMissing(PermanentStoreError):
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+        super().__init__(f"bucket {bucket!r} does not exist: create it or fix --store")
+
+
+class CorruptData(R2BError):
+    pass
+
+
+class JournalCorrupt(CorruptData):
+    def __init__(
+        self, machine: str, disk: str, key: str, blocks: Sequence[int], reason: str
+    ) -> None:
+        self.machine = machine
+        self.disk = disk
+        self.key = key
+        self.blocks = list(blocks)
+        self.reason = reason
+        shown = ", ".join(str(b) for b in self.blocks[:8])
+        more = f" and {len(self.blocks) - 8} more" if len(self.blocks) > 8 else ""
+        super().__init__(
+            f"replica journal of {machine}/{disk} is damaged: {key} {reason} "
+            f"(blocks {shown}{more}); nothing was materialised"
+        )
+
+
+class ConflictError(R2BError):
+    pass
+
+
+class QuiesceError(R2BError):
+    def __init__(self, target: str, reason: str) -> None:
+        self.target = target
+        self.reason = reason
+        super().__init__(f"could not quiesce {target}: {reason}")
