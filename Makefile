@@ -41,7 +41,7 @@ demo: sysdeps venv
 	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/r2b demo
 
 bench: sysdeps venv
-	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/python bench/replicate.py
+	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/python -m bench.replicate
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

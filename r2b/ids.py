@@ -23,9 +23,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 def machine_name(text: str) -> MachineName:
     if not _NAME.match(text):
-        raise BadInput(
-            f"invalid machine name {text!r}: use 1-63 letters, digits, '.', '_' or '-'"
-        )
+        raise BadInput(f"invalid machine name {text!r}: use 1-63 letters, digits, '.', '_' or '-'")
     return MachineName(text)
 
 

@@ -31,7 +31,7 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 def check_key(key: str) -> str:
     parts = key.split("/")
     for part in parts:
-        if not _SEGMENT.match(part) or part in (".", ".."):
+        if not _SEGMENT.fullmatch(part) or part in (".", ".."):
             raise BadInput(f"invalid object key {key!r}")
     return key
 

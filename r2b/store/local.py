@@ -4,6 +4,11 @@ Each key is a file below the root. Writes go to a temporary file in the same dir
 are renamed into place (atomic on POSIX); ``put_if_absent`` links the temporary file to the
 final name, which fails when the name exists, so the create is atomic too. Temporary files
 start with ``.tmp-`` and are never listed.
+
+Durability follows r2b's commit order (data objects first, one commit object last): ``put``
+does not fsync each object (that cost 4x the throughput of a replication cycle here), while
+``put_if_absent`` — the commit primitive — first flushes everything written before it
+(``sync``), so a commit that survives a power loss never names data that did not.
 """
 
 from __future__ import annotations
@@ -33,14 +38,15 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def _write_tmp(self, path: Path, data: bytes) -> Path:
+    def _write_tmp(self, path: Path, data: bytes, durable: bool = False) -> Path:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f"{_TMP}{uuid.uuid4().hex}"
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.sync()  # everything before the commit, then the commit itself
         except OSError as e:
             raise PermanentStoreError(f"cannot write to {self.url}: {e.strerror}") from e
         return tmp
@@ -52,7 +58,7 @@ class LocalStore:
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        tmp = self._write_tmp(path, data)
+        tmp = self._write_tmp(path, data, durable=True)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -75,6 +81,8 @@ class LocalStore:
             raise NotFound(key) from e
         try:
             return os.pread(fd, length, offset)
+        except IsADirectoryError as e:  # a key that is only a prefix of other keys
+            raise NotFound(key) from e
         finally:
             os.close(fd)
 
