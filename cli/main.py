@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.output import Output
 from r2b.errors import R2BError
 from r2b.ops import Settings
+
+if TYPE_CHECKING:
+    from r2b.journal.format import BackupType
 
 app = typer.Typer(
     add_completion=False,
@@ -128,7 +131,7 @@ def checkpoint(
 
     if full and incremental:
         raise typer.BadParameter("choose one of --full and --incremental")
-    kind = "full" if full else "incremental"
+    kind: BackupType = "full" if full else "incremental"
     with _reporting():
         result = run_flow(checkpoint_flow, name, kind, state.settings.store_url)
     doc = result.model_dump()

@@ -19,6 +19,7 @@ read of the disk, not for the WAN transfer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import threading
 import time
@@ -354,9 +355,8 @@ class Replicator:
         captures = []
         for disk in self.machine.disks:
             runs = self._runs(disk, changed_extents)
-            packs = PackWriter(
-                lambda n, d=disk: pack_key(self.machine.name, seq, run, d.id, n), sink
-            )
+            key_for = functools.partial(pack_key, self.machine.name, seq, run, disk.id)
+            packs = PackWriter(key_for, sink)
             captures.append(self._capture(disk, runs, previous[disk.id], packs, progress))
         return captures
 

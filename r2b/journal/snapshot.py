@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from r2b.blockio import Layout
 from r2b.errors import BadInput, NotFound
 from r2b.extents import block_count, block_length
 from r2b.ids import CheckpointId, DiskId, MachineName, checkpoint_seq
@@ -46,9 +47,9 @@ def digest_column(table: pa.Table, name: str = "digest") -> npt.NDArray[np.uint8
     return flat[start : start + len(column) * DIGEST_SIZE].reshape(-1, DIGEST_SIZE)
 
 
-@dataclass
-class BlockMap:
-    """The replica snapshot of one disk at cycle ``seq``.
+@dataclass(kw_only=True)
+class BlockMap(Layout):
+    """The replica snapshot of one disk at cycle ``seq``: a ``Layout`` with its provenance.
 
     ``codec`` 0 means all zeros (written as zeros, or never written); ``pack`` indexes
     ``pack_keys`` (-1 for zero blocks); ``written_seq``: the cycle that wrote it (0: never).
@@ -56,23 +57,12 @@ class BlockMap:
 
     machine: MachineName
     disk: DiskId
-    seq: int
-    size: int
-    block_size: int
-    digests: npt.NDArray[np.uint8]
-    codec: npt.NDArray[np.uint8]
-    pack: npt.NDArray[np.int32]
-    offset: npt.NDArray[np.int64]
-    length: npt.NDArray[np.int64]
+    seq: int = 0
     written_seq: npt.NDArray[np.int64]
-    pack_keys: list[str]
 
     @property
     def blocks(self) -> int:
         return len(self.codec)
-
-    def block_len(self, block: int) -> int:
-        return block_length(block, self.size, self.block_size)
 
     @staticmethod
     def empty(machine: MachineName, disk: DiskId, size: int, block_size: int) -> BlockMap:
@@ -84,18 +74,17 @@ class BlockMap:
             tail = zero_digest(block_length(last, size, block_size))
             digests[last] = np.frombuffer(tail, dtype=np.uint8)
         return BlockMap(
-            machine,
-            disk,
-            0,
-            size,
-            block_size,
-            digests,
-            np.zeros(n, np.uint8),
-            np.full(n, -1, np.int32),
-            np.zeros(n, np.int64),
-            np.zeros(n, np.int64),
-            np.zeros(n, np.int64),
-            [],
+            size=size,
+            block_size=block_size,
+            digests=digests,
+            codec=np.zeros(n, np.uint8),
+            pack=np.full(n, -1, np.int32),
+            offset=np.zeros(n, np.int64),
+            length=np.zeros(n, np.int64),
+            pack_keys=[],
+            machine=machine,
+            disk=disk,
+            written_seq=np.zeros(n, np.int64),
         )
 
     def apply(self, seq: int, index: pa.Table, packs: list[str]) -> None:
