@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 machine_app = typer.Typer(no_args_is_help=True, help="Protected machines.")
 app.add_typer(machine_app, name="machine")
+restore_app = typer.Typer(no_args_is_help=True, help="Restore disks, files and items.")
+app.add_typer(restore_app, name="restore")
 
 
 class State:
@@ -163,6 +165,112 @@ def failover(
     state.out.table({"disks": rows}, rows, ["path", "sha256", "bytes_written"])
 
 
+@app.command()
+def backup(
+    name: str,
+    checkpoint_id: Annotated[
+        str | None, typer.Option("--checkpoint", help="Default: every checkpoint not backed up.")
+    ] = None,
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for the checkpoint to arrive.")
+    ] = 0.0,
+) -> None:
+    """Back up from the replica at a checkpoint (run by the backup proxy)."""
+    from flows.backup import backup_flow
+    from flows.runtime import run_flow
+
+    with _reporting():
+        results = run_flow(backup_flow, name, checkpoint_id, state.settings.store_url, wait)
+    rows = [r.model_dump() for r in results]
+    if not rows:
+        state.out.say(f"every checkpoint of {name} is backed up already")
+    columns = ["id", "type", "checkpoint", "bytes_read", "bytes_stored", "files_indexed"]
+    state.out.table({"backups": rows}, rows, columns)
+
+
+@app.command("backups")
+def list_backups_cmd(name: Annotated[str | None, typer.Argument()] = None) -> None:
+    """List backups, newest last."""
+    from r2b.ops import backups as list_all
+
+    rows = [
+        {
+            "id": m.id,
+            "machine": m.machine,
+            "checkpoint": m.checkpoint,
+            "type": m.type,
+            "created": m.created,
+            "disks": list(m.disks),
+            "consistency": m.consistency,
+        }
+        for m in list_all(state.settings, name)
+    ]
+    state.out.table(rows, rows, ["id", "machine", "checkpoint", "type", "created", "disks"])
+
+
+@restore_app.command("disk")
+def restore_disk_cmd(
+    backup_ref: Annotated[str, typer.Argument(metavar="BACKUP")],
+    to: Annotated[Path, typer.Option("--to", help="Path of the disk image to write.")],
+    disk: Annotated[str | None, typer.Option("--disk", help="Which disk of the machine.")] = None,
+) -> None:
+    """Restore a whole disk image, byte-identical to the disk at the checkpoint."""
+    from flows.backup import restore_disk_flow
+    from flows.runtime import run_flow
+
+    with _reporting():
+        image = run_flow(
+            restore_disk_flow, backup_ref, str(to.absolute()), disk, state.settings.store_url
+        )
+    doc = image.model_dump()
+    state.out.document(
+        doc, f"restored {image.path}: {image.bytes_written} bytes, sha256 {image.sha256}"
+    )
+
+
+@app.command()
+def verify(
+    backup_refs: Annotated[list[str] | None, typer.Argument(metavar="[BACKUP]...")] = None,
+) -> None:
+    """Check every chunk the backups (default: all) reference against its digest."""
+    from flows.backup import verify_flow
+    from flows.runtime import run_flow
+
+    with _reporting():
+        report = run_flow(verify_flow, backup_refs or [], state.settings.store_url)
+    doc = report.model_dump()
+    lines = [f"{report.checked} chunks checked"]
+    lines += [f"corrupt: {c['chunk']} (breaks {', '.join(c['backups'])})" for c in report.corrupt]
+    lines += [f"missing: {c['chunk']} (breaks {', '.join(c['backups'])})" for c in report.missing]
+    state.out.document(doc, "\n".join(lines))
+    if report.corrupt or report.missing:
+        raise typer.Exit(2)
+
+
+@app.command()
+def prune(
+    keep_last: Annotated[int, typer.Option("--keep-last")] = 0,
+    keep_daily: Annotated[int, typer.Option("--keep-daily")] = 0,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly")] = 0,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly")] = 0,
+) -> None:
+    """Apply retention, then collect garbage (chunks no backup references)."""
+    from flows.backup import prune_flow
+    from flows.runtime import run_flow
+
+    if not (keep_last or keep_daily or keep_weekly or keep_monthly):
+        state.out.say("no --keep-* rule given: no backup is removed, only garbage is collected")
+    result = run_flow(
+        prune_flow, keep_last, keep_daily, keep_weekly, keep_monthly, state.settings.store_url
+    )
+    doc = result.model_dump()
+    state.out.document(
+        doc,
+        f"removed {len(result.removed_backups)} backups, kept {len(result.kept_backups)}, "
+        f"freed {result.bytes_freed} bytes",
+    )
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
@@ -174,6 +282,8 @@ def main() -> None:
         sys.exit(130)
     except typer.Abort:
         sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
     except Exception as e:  # click usage errors come here in non-standalone mode
         import click
 

@@ -35,7 +35,7 @@ class Output:
         if self.json_mode:
             sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
         elif human is not None:
-            Console().print(human, highlight=False)
+            _stdout().print(human, highlight=False)
 
     def table(self, doc: Any, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         if self.json_mode:
@@ -44,7 +44,7 @@ class Output:
         table = Table(*columns)
         for row in rows:
             table.add_row(*(_cell(row.get(c)) for c in columns))
-        Console().print(table)
+        _stdout().print(table)
 
     def say(self, text: str) -> None:
         """A note for a person (stderr, not in --json mode)."""
@@ -61,6 +61,11 @@ class Output:
         with Progress(f"[bold]{label}", *columns, console=self.err, transient=True) as bar:
             task_id = bar.add_task(label, total=total)
             yield lambda n: bar.advance(task_id, n)
+
+
+def _stdout() -> Console:
+    # Scripts and pipes get whole lines, not a table cut to 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=240, soft_wrap=True)
 
 
 def _cell(value: Any) -> str:

@@ -42,8 +42,11 @@ class Layout:
     offset: npt.NDArray[np.int64]
     length: npt.NDArray[np.int64]
     pack_keys: list[str]
+    plain_length: npt.NDArray[np.int64] | None = None  # per block, when blocks vary in size
 
     def block_len(self, block: int) -> int:
+        if self.plain_length is not None:
+            return int(self.plain_length[block])
         return block_length(block, self.size, self.block_size)
 
     def stored_blocks(self) -> npt.NDArray[np.int64]:

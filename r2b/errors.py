@@ -17,8 +17,11 @@ are translated into these types at the boundary where they occur.
     │   └── PermanentStoreError       not worth retrying (denied, bad bucket, ...)
     │       └── BucketMissing(bucket)
     ├── CorruptData                   stored bytes do not match their digest
-    │   └── JournalCorrupt(machine, disk, key, blocks)
+    │   ├── JournalCorrupt(machine, disk, key, blocks)
+    │   └── ChunkCorrupt(digests, backups, reason)
     ├── ConflictError                 somebody else committed first (concurrent writer)
+    │   └── StoreLocked(holder)           prune and backup exclude each other
+    ├── CheckpointTimeout(machine, checkpoint, seconds)
     └── QuiesceError(target, reason)  freezing or thawing failed
 """
 
@@ -113,8 +116,38 @@ class JournalCorrupt(CorruptData):
         )
 
 
+class ChunkCorrupt(CorruptData):
+    def __init__(self, digests: Sequence[str], backups: Sequence[str], reason: str) -> None:
+        self.digests = list(digests)
+        self.backups = list(backups)
+        self.reason = reason
+        shown = ", ".join(d[:16] for d in self.digests[:4])
+        more = f" and {len(self.digests) - 4} more" if len(self.digests) > 4 else ""
+        super().__init__(
+            f"chunk {shown}{more} {reason} (needed by {', '.join(self.backups) or 'no backup'}); "
+            "run 'r2b verify' to list all damage"
+        )
+
+
 class ConflictError(R2BError):
     pass
+
+
+class StoreLocked(ConflictError):
+    def __init__(self, holder: str, what: str) -> None:
+        self.holder = holder
+        super().__init__(f"the store is locked by {holder}; {what} must wait until it finishes")
+
+
+class CheckpointTimeout(R2BError):
+    def __init__(self, machine: str, checkpoint: str, seconds: float) -> None:
+        self.machine = machine
+        self.checkpoint = checkpoint
+        self.seconds = seconds
+        super().__init__(
+            f"checkpoint {checkpoint} of {machine} did not reach the replica within {seconds:g} s; "
+            "is the replicator running?"
+        )
 
 
 class QuiesceError(R2BError):

@@ -16,7 +16,14 @@ from pathlib import Path
 from r2b.clock import Clock, utc_now
 from r2b.errors import BadInput, NotFound
 from r2b.extents import Extent
-from r2b.ids import DiskId
+from r2b.ids import CheckpointId, DiskId
+from r2b.image.backups import list_backups, load_backup
+from r2b.image.build import BuildResult, build_backup
+from r2b.image.format import Manifest
+from r2b.image.prune import PruneResult, RetentionPolicy
+from r2b.image.prune import prune as image_prune
+from r2b.image.restore import VerifyReport, verify_backups
+from r2b.image.restore import restore_disk as image_restore_disk
 from r2b.journal.failover import Materialised, materialise
 from r2b.journal.format import BackupType
 from r2b.journal.replicator import CheckpointRequest, CycleResult, Freezer, Replicator
@@ -145,3 +152,59 @@ def failover(
         ) as advance:
             results.append(materialise(store, bmap, to_dir / f"{disk.id}.img", progress=advance))
     return results
+
+
+def backup(
+    settings: Settings,
+    name: str,
+    checkpoint_id: str | None = None,
+    wait_s: float = 0.0,
+    clock: Clock = utc_now,
+) -> list[BuildResult]:
+    """Build backup images from the replica: at ``checkpoint_id``, or at every checkpoint that
+    has no backup yet (oldest first)."""
+    store = settings.open()
+    spec = load_machine(store, name)
+    if checkpoint_id is not None:
+        wanted = [CheckpointId(checkpoint_id)]
+    else:
+        done = {m.checkpoint for m in list_backups(store, spec.name)}
+        marks = [c.checkpoint for c in Journal(store, spec.name).checkpoints() if c.checkpoint]
+        wanted = [m.id for m in marks if m.id not in done]
+    results = []
+    for checkpoint_ in wanted:
+        total = sum(d.size for d in spec.disks)
+        with progress(f"backing up {name} at {checkpoint_}", total) as advance:
+            results.append(build_backup(store, spec, checkpoint_, wait_s, clock, advance))
+    return results
+
+
+def backups(settings: Settings, name: str | None = None) -> list[Manifest]:
+    return list_backups(settings.open(), name)
+
+
+def restore_disk(
+    settings: Settings, backup_ref: str, to: Path, disk: str | None = None
+) -> Materialised:
+    store = settings.open()
+    manifest = load_backup(store, backup_ref)
+    spec = load_machine(store, manifest.machine)
+    target = spec.disk(disk)
+    if target.id not in manifest.disks:
+        raise NotFound(f"{manifest.id}/{target.id}", "disk image")
+    if to.exists() and not to.is_file():
+        raise BadInput(f"{to} exists and is not a regular file")
+    if to.exists():
+        raise BadInput(f"{to} exists: remove it or choose another path")
+    with progress(f"restoring {manifest.id}/{target.id}", target.size) as advance:
+        return image_restore_disk(store, manifest, target.id, to, advance)
+
+
+def verify(settings: Settings, backup_refs: Sequence[str] = ()) -> VerifyReport:
+    store = settings.open()
+    manifests = [load_backup(store, r) for r in backup_refs] or list_backups(store)
+    return verify_backups(store, manifests)
+
+
+def prune(settings: Settings, policy: RetentionPolicy, clock: Clock = utc_now) -> PruneResult:
+    return image_prune(settings.open(), policy, clock)

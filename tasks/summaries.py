@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
+from r2b.image.format import Manifest
 from r2b.journal.failover import Materialised
 from r2b.journal.replicator import CycleResult
 from r2b.machines import MachineSpec
@@ -53,3 +56,51 @@ class DiskImage(BaseModel):
         return DiskImage(
             path=str(result.path), sha256=result.sha256, bytes_written=result.bytes_written
         )
+
+
+class BackupSummary(BaseModel):
+    id: str
+    machine: str
+    checkpoint: str
+    type: str
+    created: str
+    disks: list[str]
+    bytes_read: int
+    bytes_stored: int
+    bytes_deduplicated: int
+    chunks_new: int
+    files_indexed: int
+    built: bool = True
+
+    @staticmethod
+    def of(manifest: Manifest, built: bool = True) -> BackupSummary:
+        images = manifest.disks.values()
+        catalog = manifest.catalog or {}
+        return BackupSummary(
+            id=manifest.id,
+            machine=manifest.machine,
+            checkpoint=manifest.checkpoint,
+            type=manifest.type,
+            created=manifest.created,
+            disks=list(manifest.disks),
+            bytes_read=sum(d.bytes_read for d in images),
+            bytes_stored=sum(d.bytes_stored for d in images),
+            bytes_deduplicated=sum(d.bytes_deduplicated for d in images),
+            chunks_new=sum(d.chunks_new for d in images),
+            files_indexed=int(catalog.get("files", 0)),
+            built=built,
+        )
+
+
+class VerifySummary(BaseModel):
+    checked: int
+    corrupt: list[dict[str, Any]]
+    missing: list[dict[str, Any]]
+
+
+class PruneSummary(BaseModel):
+    removed_backups: list[str]
+    kept_backups: list[str]
+    bytes_freed: int
+    packs_deleted: int
+    bytes_reclaimable: int

@@ -1,0 +1,51 @@
+"""The backup proxy's flows: back up from the replica, restore, verify, prune."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.runtime import call, emit
+from r2b.image.retention import RetentionPolicy
+from r2b.ops import Settings
+from tasks.images import build_backup, prune_backups, restore_disk, verify_backups
+from tasks.summaries import BackupSummary, DiskImage, PruneSummary, VerifySummary
+
+
+@flow(name="backup-from-replica")
+def backup_flow(
+    machine: str, checkpoint: str | None = None, store: str | None = None, wait_s: float = 600.0
+) -> list[BackupSummary]:
+    """Build images at ``checkpoint`` (waiting up to ``wait_s`` for it to reach the replica),
+    or at every checkpoint not yet backed up."""
+    results = call(build_backup, Settings.from_env(store), machine, checkpoint, wait_s)
+    for summary in results:
+        if summary.built:
+            emit("r2b.backup.completed", f"r2b.backup.{summary.id}", summary.model_dump())
+    return results
+
+
+@flow(name="restore-disk")
+def restore_disk_flow(
+    backup: str, to: str, disk: str | None = None, store: str | None = None
+) -> DiskImage:
+    return call(restore_disk, Settings.from_env(store), backup, to, disk)
+
+
+@flow(name="verify")
+def verify_flow(backups: list[str] | None = None, store: str | None = None) -> VerifySummary:
+    report = call(verify_backups, Settings.from_env(store), backups or [])
+    if report.corrupt or report.missing:
+        emit("r2b.verify.failed", "r2b.store", report.model_dump())
+    return report
+
+
+@flow(name="prune")
+def prune_flow(
+    keep_last: int = 0,
+    keep_daily: int = 0,
+    keep_weekly: int = 0,
+    keep_monthly: int = 0,
+    store: str | None = None,
+) -> PruneSummary:
+    policy = RetentionPolicy(keep_last, keep_daily, keep_weekly, keep_monthly)
+    return call(prune_backups, Settings.from_env(store), policy)
