@@ -253,6 +253,9 @@ def prune(
     keep_daily: Annotated[int, typer.Option("--keep-daily")] = 0,
     keep_weekly: Annotated[int, typer.Option("--keep-weekly")] = 0,
     keep_monthly: Annotated[int, typer.Option("--keep-monthly")] = 0,
+    keep_failover: Annotated[
+        int, typer.Option("--keep-failover", help="Checkpoints the replica keeps for failover.")
+    ] = 3,
 ) -> None:
     """Apply retention, then collect garbage (chunks no backup references)."""
     from flows.backup import prune_flow
@@ -261,7 +264,13 @@ def prune(
     if not (keep_last or keep_daily or keep_weekly or keep_monthly):
         state.out.say("no --keep-* rule given: no backup is removed, only garbage is collected")
     result = run_flow(
-        prune_flow, keep_last, keep_daily, keep_weekly, keep_monthly, state.settings.store_url
+        prune_flow,
+        keep_last,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_failover,
+        state.settings.store_url,
     )
     doc = result.model_dump()
     state.out.document(

@@ -45,7 +45,8 @@ def prune_flow(
     keep_daily: int = 0,
     keep_weekly: int = 0,
     keep_monthly: int = 0,
+    keep_failover: int = 3,
     store: str | None = None,
 ) -> PruneSummary:
     policy = RetentionPolicy(keep_last, keep_daily, keep_weekly, keep_monthly)
-    return call(prune_backups, Settings.from_env(store), policy)
+    return call(prune_backups, Settings.from_env(store), policy, keep_failover)

@@ -206,5 +206,7 @@ def verify(settings: Settings, backup_refs: Sequence[str] = ()) -> VerifyReport:
     return verify_backups(store, manifests)
 
 
-def prune(settings: Settings, policy: RetentionPolicy, clock: Clock = utc_now) -> PruneResult:
-    return image_prune(settings.open(), policy, clock)
+def prune(
+    settings: Settings, policy: RetentionPolicy, keep_failover: int = 3, clock: Clock = utc_now
+) -> PruneResult:
+    return image_prune(settings.open(), policy, keep_failover, clock)

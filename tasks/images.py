@@ -34,5 +34,7 @@ def verify_backups(settings: ops.Settings, backups: list[str]) -> VerifySummary:
 
 
 @task(name="prune-backups")
-def prune_backups(settings: ops.Settings, policy: RetentionPolicy) -> PruneSummary:
-    return PruneSummary(**dataclasses.asdict(ops.prune(settings, policy)))
+def prune_backups(
+    settings: ops.Settings, policy: RetentionPolicy, keep_failover: int
+) -> PruneSummary:
+    return PruneSummary(**dataclasses.asdict(ops.prune(settings, policy, keep_failover)))

@@ -104,3 +104,4 @@ class PruneSummary(BaseModel):
     bytes_freed: int
     packs_deleted: int
     bytes_reclaimable: int
+    journal_objects_deleted: int

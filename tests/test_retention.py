@@ -55,3 +55,8 @@ def test_rules_keep_subsets_and_the_newest(
     newest = max(backups, key=lambda b: b[1])[0]
     assert newest in kept  # every non-empty rule keeps the newest; empty keeps all
     assert len(kept) <= (len(backups) if policy.empty else last + daily + weekly + monthly)
+
+
+def test_equal_times_keep_the_later_backup() -> None:
+    backups = [("b0", START), ("b1", START), ("b2", START)]
+    assert select_kept(backups, RetentionPolicy(keep_last=1)) == {"b2"}

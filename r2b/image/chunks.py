@@ -26,18 +26,10 @@ from r2b.image.format import (
     write_table,
 )
 from r2b.journal.format import DIGEST_SIZE
-from r2b.journal.snapshot import digest_column
+from r2b.journal.snapshot import digest_array, digest_column
 from r2b.store.base import ObjectStore
 
 PACK_TARGET = 8 << 20
-
-
-def digest_array(digests: npt.NDArray[np.uint8]) -> pa.FixedSizeBinaryArray:
-    """An (n, 32) uint8 array as an Arrow fixed-size binary array, without copying rows."""
-    flat = np.ascontiguousarray(digests).tobytes()
-    return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(DIGEST_SIZE), len(digests), [None, pa.py_buffer(flat)]
-    )
 
 
 @dataclass

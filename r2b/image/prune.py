@@ -37,7 +37,9 @@ from r2b.image.format import (
 )
 from r2b.image.restore import referenced_chunks
 from r2b.image.retention import RetentionPolicy, select_kept
+from r2b.journal.compact import compact_journal
 from r2b.locks import stale_locks, store_lock
+from r2b.machines import list_machines
 from r2b.store.base import ObjectStore
 
 
@@ -48,9 +50,17 @@ class PruneResult:
     bytes_freed: int = 0
     packs_deleted: int = 0
     bytes_reclaimable: int = 0
+    journal_objects_deleted: int = 0
 
 
-def prune(store: ObjectStore, policy: RetentionPolicy, clock: Clock = utc_now) -> PruneResult:
+def prune(
+    store: ObjectStore,
+    policy: RetentionPolicy,
+    keep_failover: int = 3,
+    clock: Clock = utc_now,
+) -> PruneResult:
+    """Apply ``policy`` to backups, collect chunks, then compact every machine's journal
+    down to what failover (``keep_failover`` newest checkpoints) and pending backups need."""
     result = PruneResult()
     with store_lock(store, "prune", "prune", exclusive=True, clock=clock):
         backups = list_backups(store)
@@ -64,6 +74,12 @@ def prune(store: ObjectStore, policy: RetentionPolicy, clock: Clock = utc_now) -
         remaining = [m for m in backups if m.id in kept]
         result.bytes_freed += _delete_orphan_images(store, {m.id for m in remaining})
         _collect_chunks(store, remaining, result)
+        for machine in list_machines(store):
+            # removed backups were backed up too: their checkpoints need no journal any more
+            done = {m.checkpoint for m in backups if m.machine == machine.name}
+            compacted = compact_journal(store, machine, done, keep_failover, clock)
+            result.bytes_freed += compacted.bytes_freed
+            result.journal_objects_deleted += compacted.objects_deleted
         for key in stale_locks(store, clock):
             store.delete(key)
     return result

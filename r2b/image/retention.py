@@ -35,10 +35,13 @@ _BUCKETS: dict[str, Bucket] = {
 
 
 def select_kept(backups: Sequence[tuple[str, datetime]], policy: RetentionPolicy) -> set[str]:
-    """The ids of ``backups`` (id, time) that ``policy`` keeps."""
+    """The ids of ``backups`` (id, time), given oldest first, that ``policy`` keeps.
+
+    Equal times (one-second resolution) keep the given order: the later one is newer.
+    """
     if policy.empty:
         return {b for b, _ in backups}
-    newest_first = sorted(backups, key=lambda item: item[1], reverse=True)
+    newest_first = sorted(reversed(backups), key=lambda item: item[1], reverse=True)
     kept = {b for b, _ in newest_first[: policy.keep_last]}
     for rule, bucket in _BUCKETS.items():
         kept |= _newest_per_bucket(newest_first, bucket, getattr(policy, rule))

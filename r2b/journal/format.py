@@ -10,6 +10,8 @@ previous cycle, and is made visible by one small commit object written last::
     journal/<machine>/packs/<seq>-<run>-<disk>-<n>.pack   changed blocks, concatenated
     journal/<machine>/index/<seq>-<run>-<disk>.arrow     Arrow IPC: one row per changed block
     journal/<machine>/commits/<seq>.json                 the commit (create-if-absent)
+    journal/<machine>/base/<seq>-<disk>.arrow            compacted snapshot at <seq> (BASE_SCHEMA)
+    journal/<machine>/base/<seq>.json                    the base marker, written last
 
 ``<seq>`` is the cycle number, 12 zero-padded digits, starting at 1; ``<run>`` is a random id of
 the replicator run that wrote the objects, so two replicators racing for the same ``<seq>`` never
@@ -36,6 +38,13 @@ The commit object is JSON::
 
 A disk that did not change in a cycle has ``"index": ""`` and no packs; a cycle in which nothing
 changed and no checkpoint is marked is not committed at all (it would say nothing new).
+
+Compaction (``r2b.journal.compact``) folds the cycles up to a retained point ``<seq>`` into a
+*base*: one Arrow table per disk with a row for every block ever written (BASE_SCHEMA: the
+index columns with the pack's key instead of its position, plus the cycle that wrote it). Once
+the base marker exists the journal starts at ``<seq>``: commits before it are no longer part of
+it (even while their deletion is under way), and packs no base row or later commit names are
+garbage.
 
 The *replica snapshot* at a cycle is, for every block, the row of the newest cycle at or before
 it that wrote the block (``r2b.journal.snapshot``); a block never written reads as zeros.
@@ -76,6 +85,32 @@ INDEX_SCHEMA = pa.schema(
     ],
     metadata={"format": "r2b.journal.index", "version": str(FORMAT_VERSION)},
 )
+
+
+BASE_SCHEMA = pa.schema(
+    [
+        ("block", pa.uint64()),
+        ("digest", pa.binary(DIGEST_SIZE)),
+        ("codec", pa.uint8()),
+        ("pack_key", pa.dictionary(pa.int32(), pa.string())),
+        ("offset", pa.uint64()),
+        ("length", pa.uint32()),
+        ("written_seq", pa.uint64()),
+    ],
+    metadata={"format": "r2b.journal.base", "version": str(FORMAT_VERSION)},
+)
+
+
+def base_prefix(machine: MachineName) -> str:
+    return f"journal/{machine}/base/"
+
+
+def base_marker_key(machine: MachineName, seq: int) -> str:
+    return f"journal/{machine}/base/{seq:012d}.json"
+
+
+def base_table_key(machine: MachineName, seq: int, disk: DiskId) -> str:
+    return f"journal/{machine}/base/{seq:012d}-{disk}.arrow"
 
 
 def journal_prefix(machine: MachineName) -> str:
@@ -167,12 +202,19 @@ def write_index(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def read_index(data: bytes, key: str) -> pa.Table:
+def read_index(data: bytes, key: str, fmt: str = "r2b.journal.index") -> pa.Table:
     try:
         table = ipc.open_file(pa.py_buffer(data)).read_all()
     except (pa.ArrowInvalid, OSError) as e:
-        raise CorruptData(f"journal index {key} is unreadable: {e}") from e
+        raise CorruptData(f"journal object {key} is unreadable: {e}") from e
     meta = table.schema.metadata or {}
-    if meta.get(b"version") != str(FORMAT_VERSION).encode():
-        raise CorruptData(f"journal index {key} has an unsupported format version")
+    if meta.get(b"format") != fmt.encode() or meta.get(b"version") != str(FORMAT_VERSION).encode():
+        raise CorruptData(f"journal object {key} is not a version-{FORMAT_VERSION} {fmt} table")
     return table
+
+
+def write_base(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with ipc.new_file(sink, BASE_SCHEMA) as writer:
+        writer.write_table(table)
+    return sink.getvalue()

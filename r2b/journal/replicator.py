@@ -58,7 +58,7 @@ from r2b.journal.format import (
     pack_key,
     write_index,
 )
-from r2b.journal.snapshot import BlockMap, Journal, zero_digest
+from r2b.journal.snapshot import BlockMap, Journal, digest_array, zero_digest
 from r2b.journal.state import DigestCache
 from r2b.machines import DiskSpec, MachineSpec
 from r2b.source.disk import DiskReader, probe_disk
@@ -402,11 +402,7 @@ class Replicator:
         index = pa.Table.from_arrays(
             [
                 pa.array(all_blocks, pa.uint64()),
-                pa.FixedSizeBinaryArray.from_buffers(
-                    pa.binary(DIGEST_SIZE),
-                    len(all_blocks),
-                    [None, pa.py_buffer(digests[all_blocks].tobytes())],
-                ),
+                digest_array(digests[all_blocks]),
                 pa.array(codecs, pa.uint8()),
                 pa.array(pack_nos, pa.uint32()),
                 pa.array(offsets, pa.uint64()),

@@ -23,6 +23,8 @@ from r2b.ids import CheckpointId, DiskId, MachineName, checkpoint_seq
 from r2b.journal.format import (
     DIGEST_SIZE,
     Commit,
+    base_prefix,
+    base_table_key,
     commit_key,
     commits_prefix,
     read_index,
@@ -45,6 +47,14 @@ def digest_column(table: pa.Table, name: str = "digest") -> npt.NDArray[np.uint8
     flat = np.frombuffer(data, dtype=np.uint8)
     start = column.offset * DIGEST_SIZE
     return flat[start : start + len(column) * DIGEST_SIZE].reshape(-1, DIGEST_SIZE)
+
+
+def digest_array(digests: npt.NDArray[np.uint8]) -> pa.FixedSizeBinaryArray:
+    """An (n, 32) uint8 array as an Arrow fixed-size binary array, without a row loop."""
+    flat = np.ascontiguousarray(digests).tobytes()
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(DIGEST_SIZE), len(digests), [None, pa.py_buffer(flat)]
+    )
 
 
 @dataclass(kw_only=True)
@@ -104,6 +114,25 @@ class BlockMap(Layout):
         self.length[blocks] = index.column("length").to_numpy()
         self.written_seq[blocks] = seq
 
+    def apply_base(self, seq: int, base: pa.Table) -> None:
+        """Start from a compacted base at ``seq`` (rows carry their pack keys and cycles)."""
+        self.seq = seq
+        if len(base) == 0:
+            return
+        blocks = base.column("block").to_numpy().astype(np.int64)
+        if blocks.max() >= self.blocks:
+            raise BadInput(f"base {seq} of {self.machine}/{self.disk} names blocks past the disk")
+        keys = base.column("pack_key").combine_chunks()
+        offset = len(self.pack_keys)
+        self.pack_keys.extend(keys.dictionary.to_pylist())
+        codec = base.column("codec").to_numpy()
+        self.digests[blocks] = digest_column(base)
+        self.codec[blocks] = codec
+        self.pack[blocks] = np.where(codec == 0, -1, keys.indices.to_numpy() + offset)
+        self.offset[blocks] = base.column("offset").to_numpy()
+        self.length[blocks] = base.column("length").to_numpy()
+        self.written_seq[blocks] = base.column("written_seq").to_numpy()
+
 
 class Journal:
     """Read access to one machine's journal. Commits are immutable and cached per instance."""
@@ -113,13 +142,24 @@ class Journal:
         self.machine = machine
         self._commits: dict[int, Commit] = {}
 
+    def base_seq(self) -> int:
+        """Where the journal starts: the newest compacted base (0: from the beginning)."""
+        markers = [
+            int(k.rsplit("/", 1)[1].removesuffix(".json"))
+            for k in self.store.list(base_prefix(self.machine))
+            if k.endswith(".json")
+        ]
+        return max(markers, default=0)
+
     def commits(self) -> list[Commit]:
+        """The journal's commits, oldest first, from its base on."""
+        start = self.base_seq()
         for key in self.store.list(commits_prefix(self.machine)):
             if key.endswith(".json"):
                 seq = seq_of_commit_key(key)
-                if seq not in self._commits:
+                if seq >= start and seq not in self._commits:
                     self._commits[seq] = Commit.from_json(self.store.get(key), key)
-        return [self._commits[s] for s in sorted(self._commits)]
+        return [self._commits[s] for s in sorted(self._commits) if s >= start]
 
     def commit(self, seq: int) -> Commit:
         if seq not in self._commits:
@@ -149,7 +189,15 @@ class Journal:
     ) -> BlockMap:
         """The replica snapshot of ``disk`` at cycle ``upto`` (default: the latest)."""
         bmap = BlockMap.empty(self.machine, disk, size, block_size)
+        start = self.base_seq()
+        if upto is not None and upto < start:
+            raise NotFound(f"{self.machine} cycle {upto} (compacted into {start})", "journal cycle")
+        if start:
+            key = base_table_key(self.machine, start, disk)
+            bmap.apply_base(start, read_index(self.store.get(key), key, "r2b.journal.base"))
         for commit in self.commits():
+            if commit.seq <= start:
+                continue
             if upto is not None and commit.seq > upto:
                 break
             bmap.seq = commit.seq
