@@ -38,8 +38,8 @@ def _tool(name: str) -> str:
 def sample_tree(root: Path, seed: int = 7) -> Path:
     """Documents, a SQLite database and a Maildir, as a small office machine would have."""
     rng = random.Random(seed)
-    words = "replica backup checkpoint journal chunk restore failover cloud disk block"
-    words = words.split()
+    vocabulary = "replica backup checkpoint journal chunk restore failover cloud disk block"
+    words = vocabulary.split()
     docs = root / "home/alice/docs"
     docs.mkdir(parents=True)
     for i in range(40):
