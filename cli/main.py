@@ -303,7 +303,10 @@ def demo(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False returns an Exit's code instead of exiting: pass it on.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except R2BError as e:
         print(f"r2b: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -109,7 +109,7 @@ def build_backup(
             checkpoint,
             commit.seq,
             kind,
-            parent.id if parent else None,
+            parent.id if (parent and kind == "incremental") else None,
             iso(clock()),
             commit.checkpoint.time,
             commit.checkpoint.consistency,

@@ -134,7 +134,7 @@ def _collect_chunks(store: ObjectStore, remaining: list[Manifest], result: Prune
         for number, pack_id in enumerate(chunks.pack_ids):
             mine = packs == number
             if not used_np[mine].any():
-                store.delete(chunk_index_key(pack_id))
+                result.bytes_freed += _delete(store, chunk_index_key(pack_id))
                 result.bytes_freed += _delete(store, chunk_pack_key(pack_id))
                 result.packs_deleted += 1
             else:
