@@ -26,7 +26,7 @@ def median_time(fn: Callable[[], object], runs: int = 3) -> float:
 
 
 def make_mixed_image(path: Path, size: int, seed: int = 1) -> None:
-    """A disk-like image: 1/4 text, 1/4 random, 1/4 repetitive binary, 1/4 zeros (in 4 MiB bands)."""
+    """A disk-like image: text, random, repetitive binary and zero bands of 4 MiB, in turn."""
     rng = random.Random(seed)
     words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
              for _ in range(5000)]
@@ -35,13 +35,9 @@ def make_mixed_image(path: Path, size: int, seed: int = 1) -> None:
     with open(path, "wb") as f:
         f.truncate(size)
         for band, offset in enumerate(range(0, size, 4 * MiB)):
-            kind = band % 4
-            if kind == 0:
-                f.seek(offset); f.write(text)
-            elif kind == 1:
-                f.seek(offset); f.write(os.urandom(4 * MiB))
-            elif kind == 2:
-                f.seek(offset); f.write(binary[: 4 * MiB])
+            content = (text, None, binary[: 4 * MiB], b"")[band % 4]
+            f.seek(offset)
+            f.write(os.urandom(4 * MiB) if content is None else content)
 
 
 def scatter_change(path: Path, fraction: float, seed: int, granule: int = 4096) -> int:

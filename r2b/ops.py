@@ -28,7 +28,7 @@ from r2b.journal.failover import Materialised, materialise
 from r2b.journal.format import BackupType
 from r2b.journal.replicator import CheckpointRequest, CycleResult, Freezer, Replicator
 from r2b.journal.snapshot import Journal
-from r2b.machines import MachineSpec, list_machines, load_machine, register_machine
+from r2b.machines import DiskSpec, MachineSpec, list_machines, load_machine, register_machine
 from r2b.progress import progress
 from r2b.quiesce import DEFAULT_MAX_FREEZE_S, freeze_filesystems, mounts_of_disk
 from r2b.store import CountingStore, ObjectStore, open_store
@@ -145,13 +145,24 @@ def failover(
         out = to_dir / f"{disk.id}.img"
         if out.exists():
             raise BadInput(f"{out} exists: choose an empty folder or remove it first")
-    for disk in spec.disks:
-        bmap = journal.block_map(disk.id, disk.size, disk.block_size, seq)
-        with progress(
-            f"materialising {disk.id}", int((bmap.codec != 0).sum()) * disk.block_size
-        ) as advance:
-            results.append(materialise(store, bmap, to_dir / f"{disk.id}.img", progress=advance))
+    try:
+        for disk in spec.disks:
+            results.append(_failover_disk(store, journal, disk, seq, to_dir))
+    except BaseException:
+        # all disks or none: a machine half failed over is not a machine
+        for done in results:
+            done.path.unlink(missing_ok=True)
+        raise
     return results
+
+
+def _failover_disk(
+    store: ObjectStore, journal: Journal, disk: DiskSpec, seq: int, to_dir: Path
+) -> Materialised:
+    bmap = journal.block_map(disk.id, disk.size, disk.block_size, seq)
+    stored_bytes = int((bmap.codec != 0).sum()) * disk.block_size
+    with progress(f"materialising {disk.id}", stored_bytes) as advance:
+        return materialise(store, bmap, to_dir / f"{disk.id}.img", progress=advance)
 
 
 def backup(

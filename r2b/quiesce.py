@@ -3,9 +3,10 @@
 A disk is a block device or an image file attached to a loop device; the filesystems it holds
 are the mounts (``/proc/self/mountinfo``) whose source is that device or one of its partitions.
 ``freeze_filesystems`` is a context manager: ``sync``, ``fsfreeze -f`` each mount, yield, and
-``fsfreeze -u`` each mount on the way out — also on error or Ctrl-C. A watchdog thaws after
-``max_seconds`` whatever happens, so a stuck caller cannot keep applications frozen; the caller
-then learns it from ``QuiesceError`` on exit.
+``fsfreeze -u`` each mount on the way out — also on error or Ctrl-C. A watchdog *process*
+(its own session, so it outlives us) thaws the mounts when ``max_seconds`` pass or when this
+process dies (SIGKILL included): applications are never left frozen. When the limit passed,
+the caller learns it from ``QuiesceError`` on exit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import shutil
 import stat
 import subprocess
-import threading
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,48 +71,74 @@ def mounts_of_disk(disk_path: str) -> list[str]:
     return mounts_of(backing_devices(disk_path))
 
 
+_WATCHDOG = """
+import os, subprocess, sys, time
+parent, limit, tool, mounts = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+deadline = time.monotonic() + limit
+def alive():
+    try:
+        os.kill(parent, 0)
+        return True
+    except ProcessLookupError:
+        return False
+while alive() and time.monotonic() < deadline:
+    time.sleep(0.05)
+for mount in mounts:
+    subprocess.run([tool, "-u", mount], capture_output=True)
+sys.exit(3 if alive() else 4)
+"""
+EXPIRED = 3  # the watchdog's exit status when it thawed because the limit passed
+
+
+def _start_watchdog(mountpoints: list[str], max_seconds: float) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-c",
+        _WATCHDOG,
+        str(os.getpid()),
+        str(max_seconds),
+        _tool("fsfreeze"),
+        *mountpoints,
+    ]
+    return subprocess.Popen(
+        argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 @contextlib.contextmanager
 def freeze_filesystems(
     mountpoints: list[str], max_seconds: float = DEFAULT_MAX_FREEZE_S
 ) -> Iterator[list[str]]:
     """Freeze ``mountpoints`` for the body of the ``with``; thaw always, by max_seconds at most."""
     os.sync()
+    watchdog = _start_watchdog(mountpoints, max_seconds)
     frozen: list[str] = []
-    lock = threading.Lock()
-    expired = threading.Event()
-
-    def thaw_all() -> None:
-        errors = []
-        with lock:
-            while frozen:
-                try:
-                    _fsfreeze("-u", frozen.pop())
-                except QuiesceError as e:  # thaw the others before reporting
-                    errors.append(e)
-        if errors:
-            raise errors[0]
-
-    def watchdog() -> None:
-        expired.set()
-        thaw_all()
-
-    timer = threading.Timer(max_seconds, watchdog)
-    timer.daemon = True
     try:
         for mountpoint in mountpoints:
             _fsfreeze("-f", mountpoint)
-            with lock:
-                frozen.append(mountpoint)
-        timer.start()
+            frozen.append(mountpoint)
         yield list(mountpoints)
     finally:
-        timer.cancel()
-        thaw_all()
-    if expired.is_set():
+        expired = watchdog.poll() == EXPIRED
+        watchdog.kill()
+        watchdog.wait()
+        _thaw_all(frozen)
+    if expired:
         raise QuiesceError(
             ", ".join(mountpoints),
             f"the freeze passed its limit of {max_seconds:g} s and was undone",
         )
+
+
+def _thaw_all(frozen: list[str]) -> None:
+    errors = []
+    for mountpoint in frozen:
+        try:
+            _fsfreeze("-u", mountpoint)
+        except QuiesceError as e:  # thaw the others before reporting
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def _fsfreeze(flag: str, mountpoint: str) -> None:

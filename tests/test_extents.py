@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -66,5 +68,5 @@ def test_coalesced_reads_contain_every_range(ranges: list[tuple[int, int]]) -> N
         for i in members:
             start, size = ranges[i]
             assert offset <= start and start + size <= offset + length
-    for (a, alen, _), (b, _, _) in zip(merged, merged[1:], strict=False):
+    for (a, alen, _), (b, _, _) in itertools.pairwise(merged):
         assert a + alen < b

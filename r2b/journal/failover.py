@@ -39,17 +39,21 @@ def write_disk(
 ) -> Materialised | Damage:
     """Write the disk ``layout`` describes to ``out`` (sparse); the damage if any block failed."""
     partial = out.with_name(out.name + ".partial")
-    with open(partial, "wb") as f:
-        f.truncate(layout.size)
-        fd = f.fileno()
+    try:
+        with open(partial, "wb") as f:
+            f.truncate(layout.size)
+            fd = f.fileno()
 
-        def deliver(block: Block) -> None:
-            os.pwrite(fd, block.plain, block.number * layout.block_size)
-            if progress:
-                progress(len(block.plain))
+            def deliver(block: Block) -> None:
+                os.pwrite(fd, block.plain, block.number * layout.block_size)
+                if progress:
+                    progress(len(block.plain))
 
-        damage = fetch_blocks(store, layout, layout.stored_blocks(), deliver, workers)
-        os.fsync(fd)
+            damage = fetch_blocks(store, layout, layout.stored_blocks(), deliver, workers)
+            os.fsync(fd)
+    except BaseException:  # a store outage, Ctrl-C: leave nothing half written
+        partial.unlink(missing_ok=True)
+        raise
     if damage:
         partial.unlink()
         return damage

@@ -255,6 +255,7 @@ class Replicator:
         self.clock = clock
         self.workers = workers
         self.uploaders = uploaders
+        self._cached: set[DiskId] = set()  # disks whose digests came from the local cache
 
     def cycle(
         self,
@@ -265,6 +266,7 @@ class Replicator:
     ) -> CycleResult:
         """Replicate what changed since the last commit, optionally marking a checkpoint."""
         self._check_sizes()
+        self._cached.clear()
         journal = Journal(self.store, self.machine.name)
         latest = journal.latest()
         seq = (latest.seq if latest else 0) + 1
@@ -293,7 +295,14 @@ class Replicator:
             uploads.drain()
         changed = sum(len(c.index) for c in captures)
         if latest is not None and changed == 0 and checkpoint is None:
-            # Nothing changed and nothing to mark: the last commit still describes the disks.
+            # Nothing changed and nothing to mark: the last commit still describes the disks
+            # (and so do these digests, which may have just been rebuilt from the journal).
+            for capture in captures:
+                if capture.spec.id in self._cached:
+                    continue
+                self.cache.save(
+                    self.machine.name, capture.spec.id, latest.seq, latest.run, capture.digests
+                )
             return CycleResult(self.machine.name, latest.seq, 0, 0, 0, disks)
         mark = self._mark(seq, checkpoint, frozen_ms, frozen)
         commit = Commit(
@@ -340,6 +349,7 @@ class Replicator:
             return empty.digests
         cached = self.cache.load(self.machine.name, disk.id, latest.seq, latest.run, empty.blocks)
         if cached is not None:
+            self._cached.add(disk.id)
             return cached
         return journal.block_map(disk.id, disk.size, disk.block_size, latest.seq).digests
 
