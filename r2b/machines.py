@@ -63,6 +63,8 @@ def register_machine(
     clock: Clock = utc_now,
 ) -> MachineSpec:
     machine = machine_name(name)
+    if block_size < 4096 or block_size & (block_size - 1) or block_size > 4 << 20:
+        raise BadInput(f"block size {block_size} must be a power of two from 4 KiB to 4 MiB")
     if not disk_paths:
         raise BadInput("a machine needs at least one --disk")
     disks = [

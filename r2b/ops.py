@@ -25,7 +25,7 @@ from r2b.image.prune import prune as image_prune
 from r2b.image.restore import VerifyReport, verify_backups
 from r2b.image.restore import restore_disk as image_restore_disk
 from r2b.journal.failover import Materialised, materialise
-from r2b.journal.format import BackupType
+from r2b.journal.format import DEFAULT_BLOCK_SIZE, BackupType
 from r2b.journal.replicator import CheckpointRequest, CycleResult, Freezer, Replicator
 from r2b.journal.snapshot import Journal
 from r2b.machines import DiskSpec, MachineSpec, list_machines, load_machine, register_machine
@@ -59,9 +59,13 @@ class Settings:
 
 
 def add_machine(
-    settings: Settings, name: str, disks: Sequence[str], apps: Sequence[str] = ()
+    settings: Settings,
+    name: str,
+    disks: Sequence[str],
+    apps: Sequence[str] = (),
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> MachineSpec:
-    return register_machine(settings.open(), name, list(disks), list(apps))
+    return register_machine(settings.open(), name, list(disks), list(apps), block_size)
 
 
 def machines(settings: Settings) -> list[MachineSpec]:
