@@ -106,10 +106,11 @@ def replicate(
 ) -> None:
     """One replication cycle (or one every --watch SECONDS until interrupted)."""
     from flows.replicate import replicate_flow
-    from flows.runtime import run_flow
+    from flows.runtime import run_flow, run_long_flow
 
+    runner = run_flow if watch is None else run_long_flow
     with _reporting():
-        results = run_flow(replicate_flow, name, state.settings.store_url, watch)
+        results = runner(replicate_flow, name, state.settings.store_url, watch)
     last = results[-1]
     doc = last.model_dump()
     state.out.document(
