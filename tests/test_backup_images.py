@@ -28,7 +28,7 @@ from r2b.errors import CheckpointTimeout
 from r2b.ids import CheckpointId, DiskId, MachineName
 from r2b.image.build import BuildResult, build_backup
 from r2b.image.format import Manifest, changed_key, image_index_key, manifest_key
-from r2b.journal.format import read_index
+from r2b.journal.format import DEFAULT_BLOCK_SIZE, read_index
 from r2b.journal.snapshot import Journal
 from r2b.machines import load_machine
 from r2b.store import CountingStore, ObjectStore
@@ -37,7 +37,7 @@ from tests.s3server import create_bucket
 
 pytestmark = pytest.mark.slow
 
-BLOCK = 64 * 1024  # the journal's tracking block = one chunk
+BLOCK = DEFAULT_BLOCK_SIZE  # the journal's tracking block = one chunk
 DISK_MIB = 32
 NAME = "web"
 DISK = DiskId("disk0")

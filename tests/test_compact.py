@@ -11,6 +11,7 @@ import pytest
 from r2b import ops
 from r2b.errors import NotFound
 from r2b.image.retention import RetentionPolicy
+from r2b.journal.format import DEFAULT_BLOCK_SIZE
 from r2b.journal.snapshot import Journal
 
 
@@ -77,6 +78,6 @@ def test_replication_continues_after_compaction(six_checkpoints) -> None:
     # a fresh host (no local digest cache) rebuilds its digests from the compacted journal
     fresh = ops.Settings(settings.store_url, tmp / "other-home")
     cycle = ops.replicate(fresh, "m")
-    assert 0 < cycle.blocks_changed <= 3
+    assert 0 < cycle.blocks_changed <= 100_000 // DEFAULT_BLOCK_SIZE + 2
     image = ops.failover(fresh, "m", tmp / "latest")[0]
     assert image.sha256 == sha256(disk)

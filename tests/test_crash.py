@@ -30,6 +30,7 @@ import pytest
 from r2b import ops
 from r2b.errors import NotFound
 from r2b.ids import DiskId, MachineName
+from r2b.journal.format import DEFAULT_BLOCK_SIZE
 from r2b.journal.snapshot import Journal
 from r2b.store import LocalStore
 from tests.disks import (
@@ -42,7 +43,7 @@ from tests.disks import (
     tool,
 )
 
-BLOCK = 64 * 1024
+BLOCK = DEFAULT_BLOCK_SIZE  # the journal's tracking block = one chunk
 DISK_MIB = 48  # random data: 48 MiB of changed blocks make 6 packs of 8 MiB
 NAME = "crashy"
 

@@ -23,7 +23,7 @@ from r2b import ops
 from r2b.errors import JournalCorrupt, NotFound, TransientStoreError
 from r2b.ids import DiskId, MachineName
 from r2b.journal.failover import materialise
-from r2b.journal.format import read_index
+from r2b.journal.format import DEFAULT_BLOCK_SIZE, read_index
 from r2b.journal.replicator import Replicator
 from r2b.journal.snapshot import BlockMap, Journal
 from r2b.machines import load_machine
@@ -45,7 +45,7 @@ from tests.disks import (
 )
 from tests.s3server import S3Server, client, create_bucket
 
-BLOCK = 64 * 1024  # the journal's tracking block (r2b.journal.format.DEFAULT_BLOCK_SIZE)
+BLOCK = DEFAULT_BLOCK_SIZE  # the journal's tracking block = one chunk
 # What a cycle sends besides block payloads: its Arrow index and the commit JSON. Both are a
 # few KiB for the small changes here.
 OVERHEAD = 16 * 1024

@@ -1,9 +1,12 @@
 """The replica journal format (version 1): how replicated blocks are laid out in the store.
 
-A machine's disks are cut into fixed *tracking blocks* of ``block_size`` bytes (64 KiB by
-default: BLAKE3 hashes 64 KiB slices at ~87% of its whole-buffer speed here, 16 KiB slices at
-~65%, while a scattered change costs at most one block per changed extent; see
-``bench/blocksize.py``). Each replication *cycle* appends the blocks that changed since the
+A machine's disks are cut into fixed *tracking blocks* of ``block_size`` bytes, 32 KiB by
+default, chosen with ``bench/blocksize.py`` on a 1 GiB mixed image with a 1% scattered change of
+4 KiB writes: bytes uploaded per byte changed were 2.4 / 3.9 / 6.5 / 11 / 18 for 16 / 32 / 64 /
+128 / 256 KiB blocks, while the no-change scan stayed at 4-5 GB/s (3-4x a disk's read speed)
+down to 32 KiB and the digest map costs 1 MiB per GiB of disk at 32 KiB (2 MiB at 16 KiB, too
+much for multi-TiB disks). The hash is BLAKE3-256: 3x SHA-256's speed here, cryptographic, so a
+digest also names a block's content for deduplication. Each replication *cycle* appends the blocks that changed since the
 previous cycle, and is made visible by one small commit object written last::
 
     machines/<machine>.json                          machine registration (r2b.machines)
@@ -64,7 +67,7 @@ from r2b.errors import CorruptData
 from r2b.ids import CheckpointId, DiskId, MachineName
 
 FORMAT_VERSION = 1
-DEFAULT_BLOCK_SIZE = 64 * 1024
+DEFAULT_BLOCK_SIZE = 32 * 1024
 DIGEST_SIZE = 32
 
 CODEC_ZERO = 0
