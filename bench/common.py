@@ -28,8 +28,10 @@ def median_time(fn: Callable[[], object], runs: int = 3) -> float:
 def make_mixed_image(path: Path, size: int, seed: int = 1) -> None:
     """A disk-like image: text, random, repetitive binary and zero bands of 4 MiB, in turn."""
     rng = random.Random(seed)
-    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-             for _ in range(5000)]
+    words = [
+        bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+        for _ in range(5000)
+    ]
     text = b" ".join(rng.choice(words) for _ in range(900_000))[: 4 * MiB]
     binary = (bytes(range(256)) * 64 + os.urandom(4096)) * 256
     with open(path, "wb") as f:

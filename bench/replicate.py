@@ -50,8 +50,11 @@ def run(root: Path, size: int, runs: int) -> dict[str, object]:
     nochange_s = median_time(lambda: ops.replicate(settings, "bench"), runs)
     result: dict[str, object] = {
         "disk_bytes": size,
-        "first_cycle": {"seconds": round(first_s, 2), "bytes_uploaded": first.bytes_uploaded,
-                        "GB_per_s": round(size / first_s / 1e9, 2)},
+        "first_cycle": {
+            "seconds": round(first_s, 2),
+            "bytes_uploaded": first.bytes_uploaded,
+            "GB_per_s": round(size / first_s / 1e9, 2),
+        },
         "read_hash_ceiling_GB_per_s": round(size / ceiling_s / 1e9, 2),
         "nochange_cycle_GB_per_s": round(size / nochange_s / 1e9, 2),
         "nochange_vs_ceiling": round(ceiling_s / nochange_s, 2),

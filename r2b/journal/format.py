@@ -6,8 +6,9 @@ default, chosen with ``bench/blocksize.py`` on a 1 GiB mixed image with a 1% sca
 128 / 256 KiB blocks, while the no-change scan stayed at 4-5 GB/s (3-4x a disk's read speed)
 down to 32 KiB and the digest map costs 1 MiB per GiB of disk at 32 KiB (2 MiB at 16 KiB, too
 much for multi-TiB disks). The hash is BLAKE3-256: 3x SHA-256's speed here, cryptographic, so a
-digest also names a block's content for deduplication. Each replication *cycle* appends the blocks that changed since the
-previous cycle, and is made visible by one small commit object written last::
+digest also names a block's content for deduplication. Each replication *cycle* appends the
+blocks that changed since the previous cycle, and is made visible by one small commit object
+written last::
 
     machines/<machine>.json                          machine registration (r2b.machines)
     journal/<machine>/packs/<seq>-<run>-<disk>-<n>.pack   changed blocks, concatenated
