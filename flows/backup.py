@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.reporting import publish_backups
 from flows.runtime import call, emit
 from r2b.image.retention import RetentionPolicy
 from r2b.ops import Settings
@@ -18,6 +19,7 @@ def backup_flow(
     """Build images at ``checkpoint`` (waiting up to ``wait_s`` for it to reach the replica),
     or at every checkpoint not yet backed up."""
     results = call(build_backup, Settings.from_env(store), machine, checkpoint, wait_s)
+    publish_backups([r for r in results if r.built])
     for summary in results:
         if summary.built:
             emit("r2b.backup.completed", f"r2b.backup.{summary.id}", summary.model_dump())
