@@ -56,10 +56,8 @@ def main_options(
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if "PREFECT_HOME" not in os.environ:
-        prefect_home = state.settings.home / "prefect"
-        prefect_home.mkdir(parents=True, exist_ok=True)
-        os.environ["PREFECT_HOME"] = str(prefect_home)
+    if state.settings.store_url.startswith("block:"):
+        import blocks.store  # noqa: F401  (registers the block: scheme; needs Prefect)
 
 
 def _reporting() -> Any:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from prefect import flow
 
 from flows.runtime import call, emit
 from r2b.journal.format import BackupType
 from r2b.ops import Settings
-from tasks.replication import mark_checkpoint, replicate_cycle
+from tasks.replication import choose_backup_type, mark_checkpoint, replicate_cycle
 from tasks.summaries import CycleSummary
 
 
@@ -31,18 +32,35 @@ def replicate_flow(
 
 @flow(name="request-backup")
 def checkpoint_flow(
-    machine: str, backup_type: BackupType = "incremental", store: str | None = None
+    machine: str,
+    backup_type: Literal["full", "incremental", "auto"] = "incremental",
+    store: str | None = None,
+    full_every: int = 7,
+    policy: str | None = None,
 ) -> CycleSummary:
-    """Quiesce, replicate, mark a checkpoint, thaw; then announce it for the backup proxy."""
+    """Quiesce, replicate, mark a checkpoint, thaw; then announce it for the backup proxy.
+
+    ``auto`` asks for a full backup every ``full_every`` checkpoints (or the saved
+    ``BackupPolicy`` block named ``policy`` says how often).
+    """
     settings = Settings.from_env(store)
-    result = call(mark_checkpoint, settings, machine, backup_type)
+    kind: BackupType
+    if backup_type == "auto":
+        if policy is not None:
+            from blocks.policy import BackupPolicy
+
+            full_every = BackupPolicy.load(policy, _sync=True).full_every  # type: ignore[call-arg,union-attr]
+        kind = call(choose_backup_type, settings, machine, full_every)
+    else:
+        kind = backup_type
+    result = call(mark_checkpoint, settings, machine, kind)
     emit(
         "r2b.checkpoint.synced",
         f"r2b.machine.{machine}",
         {
             "machine": machine,
             "checkpoint": result.checkpoint,
-            "type": backup_type,
+            "type": kind,
             "store": settings.store_url,
         },
     )

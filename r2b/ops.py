@@ -29,6 +29,7 @@ from r2b.journal.format import DEFAULT_BLOCK_SIZE, BackupType
 from r2b.journal.replicator import CheckpointRequest, CycleResult, Freezer, Replicator
 from r2b.journal.snapshot import Journal
 from r2b.machines import DiskSpec, MachineSpec, list_machines, load_machine, register_machine
+from r2b.policy import next_backup_type
 from r2b.progress import progress
 from r2b.quiesce import DEFAULT_MAX_FREEZE_S, freeze_filesystems, mounts_of_disk
 from r2b.store import CountingStore, ObjectStore, open_store
@@ -122,6 +123,14 @@ def checkpoint(
     return dataclasses.replace(
         result, bytes_uploaded=result.bytes_uploaded + catch_up.bytes_uploaded
     )
+
+
+def auto_backup_type(settings: Settings, name: str, full_every: int) -> BackupType:
+    """The type a policy with ``full_every`` asks for, from the machine's checkpoint history."""
+    store = settings.open()
+    spec = load_machine(store, name)
+    history = [c.checkpoint.type for c in Journal(store, spec.name).checkpoints() if c.checkpoint]
+    return next_backup_type(history, full_every)
 
 
 def failover(

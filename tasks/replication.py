@@ -31,6 +31,11 @@ def mark_checkpoint(settings: ops.Settings, machine: str, backup_type: BackupTyp
     return CycleSummary.of(ops.checkpoint(settings, machine, backup_type))
 
 
+@task(name="choose-backup-type")
+def choose_backup_type(settings: ops.Settings, machine: str, full_every: int) -> BackupType:
+    return ops.auto_backup_type(settings, machine, full_every)
+
+
 @task(name="failover-disks")
 def failover_disks(
     settings: ops.Settings, machine: str, to_dir: str, checkpoint: str | None

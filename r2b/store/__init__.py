@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from r2b.errors import BadInput
@@ -21,6 +22,7 @@ __all__ = [
     "S3Store",
     "check_key",
     "open_store",
+    "register_store_scheme",
 ]
 
 ENDPOINT_ENV = "R2B_S3_ENDPOINT"
@@ -45,7 +47,24 @@ def open_store(url: str, *, retry: bool = True) -> ObjectStore:
     if parts.scheme == "s3":
         store = _open_s3(url, parts.netloc, parts.path)
         return RetryingStore(store) if retry else store
+    opener = _OPENERS.get(parts.scheme)
+    if opener is not None:
+        return opener(url)
+    if parts.scheme == "block":
+        raise BadInput(f"store {url!r} is a saved Prefect block: load the blocks package first")
     raise BadInput(f"unsupported store URL {url!r}: {_FORMS}")
+
+
+StoreOpener = Callable[[str], ObjectStore]
+_OPENERS: dict[str, StoreOpener] = {}
+
+
+def register_store_scheme(scheme: str, opener: StoreOpener) -> None:
+    """Let an outer layer open URLs of another scheme (``block:NAME``: a saved Prefect block).
+
+    The core knows no Prefect; ``blocks/`` registers itself here when imported.
+    """
+    _OPENERS[scheme] = opener
 
 
 def _open_local(url: str, netloc: str, path: str) -> LocalStore:

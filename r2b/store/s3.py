@@ -101,13 +101,19 @@ def _config(path_style: bool) -> Config:
     )
 
 
-def make_client(endpoint_url: str | None = None) -> S3Client:
+def make_client(
+    endpoint_url: str | None = None, session: boto3.Session | None = None
+) -> S3Client:
     """An S3 client with botocore's retries off and modest timeouts.
 
     A custom endpoint (MinIO, R2, moto, ...) is addressed path-style; otherwise boto3's
-    standard configuration (environment, profile, region) applies.
+    standard configuration (environment, profile, region) applies, or ``session``'s
+    credentials when given (a Prefect ``AwsCredentials`` block's session).
     """
-    return boto3.client("s3", endpoint_url=endpoint_url, config=_config(endpoint_url is not None))
+    config = _config(endpoint_url is not None)
+    if session is not None:
+        return session.client("s3", endpoint_url=endpoint_url, config=config)
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def safe_endpoint(endpoint_url: str) -> str:
