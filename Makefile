@@ -32,7 +32,7 @@ venv: $(STAMP)
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy r2b catalog cli flows tasks blocks
+	$(BIN)/mypy $(wildcard r2b catalog cli flows tasks blocks bench)
 
 test: sysdeps venv lint
 	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/pytest -q
