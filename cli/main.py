@@ -71,14 +71,24 @@ def machine_add(
     name: str,
     disk: Annotated[list[str], typer.Option("--disk", help="Raw image file or block device.")],
     app_spec: Annotated[
-        list[str] | None, typer.Option("--app", help="postgres:…, sqlite:PATH, maildir:PATH")
+        list[str] | None,
+        typer.Option("--app", help="postgres:CONNINFO, sqlite:PATH, maildir:PATH, mbox:PATH"),
+    ] = None,
+    pre_freeze: Annotated[
+        str | None, typer.Option("--pre-freeze", help="Command run before the freeze.")
+    ] = None,
+    post_thaw: Annotated[
+        str | None, typer.Option("--post-thaw", help="Command run after the thaw.")
     ] = None,
 ) -> None:
-    """Register a protected machine and its disks."""
+    """Register a protected machine, its disks and its applications."""
     from flows.machines import register_machine_flow
     from flows.runtime import run_flow
 
-    summary = run_flow(register_machine_flow, name, disk, app_spec or [], state.settings.store_url)
+    hooks = {k: v for k, v in (("pre_freeze", pre_freeze), ("post_thaw", post_thaw)) if v}
+    summary = run_flow(
+        register_machine_flow, name, disk, app_spec or [], state.settings.store_url, hooks
+    )
     doc = summary.model_dump()
     state.out.document(doc, f"registered {summary.name}: {', '.join(summary.disks)}")
 
@@ -137,6 +147,7 @@ def checkpoint(
         result = run_flow(checkpoint_flow, name, kind, state.settings.store_url)
     doc = result.model_dump()
     frozen = f", frozen {result.frozen_ms:.1f} ms" if result.frozen_ms is not None else ""
+    frozen += f", {result.consistency}-consistent"
     state.out.document(
         doc,
         f"checkpoint {result.checkpoint} at cycle {result.seq} ({kind}): "

@@ -12,6 +12,10 @@ from tasks.summaries import MachineSummary
 
 @flow(name="register-machine")
 def register_machine_flow(
-    name: str, disks: list[str], apps: list[str] | None = None, store: str | None = None
+    name: str,
+    disks: list[str],
+    apps: list[str] | None = None,
+    store: str | None = None,
+    hooks: dict[str, str] | None = None,
 ) -> MachineSummary:
-    return call(register_machine, Settings.from_env(store), name, disks, apps or [])
+    return call(register_machine, Settings.from_env(store), name, disks, apps or [], hooks or {})

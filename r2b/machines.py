@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from r2b.apps.specs import parse_app
 from r2b.clock import Clock, iso, utc_now
 from r2b.errors import BadInput, CorruptData, NotFound, UnknownMachine
 from r2b.ids import DiskId, MachineName, disk_id, machine_name
@@ -36,6 +37,7 @@ class MachineSpec:
     disks: list[DiskSpec]
     apps: list[str] = field(default_factory=list)
     created: str = ""
+    hooks: dict[str, str] = field(default_factory=dict)  # pre_freeze / post_thaw commands
 
     def disk(self, name: str | None) -> DiskSpec:
         """The disk called ``name`` (its id or its file name); the only one when ``None``."""
@@ -61,8 +63,14 @@ def register_machine(
     apps: list[str] | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     clock: Clock = utc_now,
+    hooks: dict[str, str] | None = None,
 ) -> MachineSpec:
     machine = machine_name(name)
+    for app in apps or []:
+        parse_app(app)  # a bad spec fails now, not at the first checkpoint
+    hooks = {k: v for k, v in (hooks or {}).items() if v}
+    if set(hooks) - {"pre_freeze", "post_thaw"}:
+        raise BadInput(f"unknown hooks {sorted(set(hooks) - {'pre_freeze', 'post_thaw'})}")
     if block_size < 4096 or block_size & (block_size - 1) or block_size > 4 << 20:
         raise BadInput(f"block size {block_size} must be a power of two from 4 KiB to 4 MiB")
     if not disk_paths:
@@ -71,11 +79,11 @@ def register_machine(
         DiskSpec(disk_id(f"disk{i}"), os.path.abspath(p), probe_disk(p), block_size)
         for i, p in enumerate(disk_paths)
     ]
-    spec = MachineSpec(machine, disks, list(apps or []), iso(clock()))
+    spec = MachineSpec(machine, disks, list(apps or []), iso(clock()), hooks)
     if store.put_if_absent(machine_key(machine), _to_json(spec)):
         return spec
     existing = load_machine(store, machine)
-    if existing.disks != spec.disks or existing.apps != spec.apps:
+    if (existing.disks, existing.apps, existing.hooks) != (spec.disks, spec.apps, spec.hooks):
         raise BadInput(f"machine {machine} is already registered with other disks or applications")
     return existing
 
@@ -109,6 +117,7 @@ def _from_json(data: bytes, key: str) -> MachineSpec:
             disks=[DiskSpec(**d) for d in doc["disks"]],
             apps=list(doc.get("apps", [])),
             created=str(doc.get("created", "")),
+            hooks=dict(doc.get("hooks", {})),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptData(f"machine registration {key} is unreadable: {e}") from e

@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from r2b.apps.agent import AppPlan, DiskMount, application_freeze, metadata_location
 from r2b.clock import Clock, utc_now
 from r2b.errors import BadInput, NotFound
 from r2b.extents import Extent
 from r2b.ids import CheckpointId, DiskId
+from r2b.ids import checkpoint_id as checkpoint_id_of
 from r2b.image.backups import list_backups, load_backup
 from r2b.image.build import BuildResult, build_backup
 from r2b.image.format import Manifest
@@ -31,7 +33,7 @@ from r2b.journal.snapshot import Journal
 from r2b.machines import DiskSpec, MachineSpec, list_machines, load_machine, register_machine
 from r2b.policy import next_backup_type
 from r2b.progress import progress
-from r2b.quiesce import DEFAULT_MAX_FREEZE_S, freeze_filesystems, mounts_of_disk
+from r2b.quiesce import DEFAULT_MAX_FREEZE_S, FrozenWindow, disk_mounts
 from r2b.store import CountingStore, ObjectStore, open_store
 
 HOME_ENV = "R2B_HOME"
@@ -65,8 +67,9 @@ def add_machine(
     disks: Sequence[str],
     apps: Sequence[str] = (),
     block_size: int = DEFAULT_BLOCK_SIZE,
+    hooks: dict[str, str] | None = None,
 ) -> MachineSpec:
-    return register_machine(settings.open(), name, list(disks), list(apps), block_size)
+    return register_machine(settings.open(), name, list(disks), list(apps), block_size, hooks=hooks)
 
 
 def machines(settings: Settings) -> list[MachineSpec]:
@@ -102,24 +105,37 @@ def checkpoint(
     max_freeze_s: float = DEFAULT_MAX_FREEZE_S,
     clock: Clock = utc_now,
 ) -> CycleResult:
-    """Request a backup: replicate, freeze the disks' mounted filesystems, capture, thaw, mark.
+    """Request a backup: replicate, then quiesce applications and freeze the disks' mounted
+    filesystems, capture, thaw, and mark the checkpoint (``r2b.apps.agent``).
 
     A first cycle without a freeze brings the replica close to the disk, so the frozen cycle
     only reads the disk and captures the last few changes; upload happens after the thaw.
+    Without applications or a mounted filesystem the checkpoint is crash-consistent, and its
+    mark says so.
     """
     store = CountingStore(settings.open())
     spec = load_machine(store, name)
     replicator = Replicator(store, spec, settings.state_dir, clock)
     with progress(f"replicating {name}", _scanned_bytes(spec, None)) as advance:
         catch_up = replicator.cycle(progress=advance)
-    mounts = [m for d in spec.disks for m in mounts_of_disk(d.path)] if freeze else []
+    plan = AppPlan.of(spec.apps, spec.hooks)
+    mounts = [DiskMount(d.id, m) for d in spec.disks for m in disk_mounts(d.path)] if freeze else []
+    request = CheckpointRequest(backup_type)
     freezer: Freezer | None = None
-    if mounts:
+    if mounts or plan.declared:
+        hint = checkpoint_id_of(catch_up.seq + 1)
+        request = CheckpointRequest(
+            backup_type,
+            "application" if plan.apps else "filesystem" if mounts else "crash",
+            {"file": metadata_location(mounts), "apps": [str(a) for a in plan.apps]}
+            if plan.apps
+            else None,
+        )
 
-        def freezer() -> contextlib.AbstractContextManager[list[str]]:
-            return freeze_filesystems(mounts, max_freeze_s)
+        def freezer() -> contextlib.AbstractContextManager[FrozenWindow]:
+            return application_freeze(plan, mounts, hint, max_freeze_s, clock)
 
-    result = replicator.cycle(checkpoint=CheckpointRequest(backup_type), freeze=freezer)
+    result = replicator.cycle(checkpoint=request, freeze=freezer)
     return dataclasses.replace(
         result, bytes_uploaded=result.bytes_uploaded + catch_up.bytes_uploaded
     )

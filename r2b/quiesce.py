@@ -17,7 +17,9 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from r2b.errors import QuiesceError
@@ -50,21 +52,46 @@ def backing_devices(disk_path: str) -> list[str]:
     return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
 
 
-def mounts_of(devices: list[str]) -> list[str]:
-    """Mount points whose source is one of ``devices`` or a partition of one (``loop0p1``)."""
-    found = []
+@dataclass(frozen=True)
+class Mount:
+    """A mounted filesystem on a protected disk: where, from which device, which partition."""
+
+    mountpoint: str
+    device: str
+    partition: int | None  # None: the filesystem is on the whole disk
+
+
+def _partition_of(base: str, disk_names: set[str]) -> tuple[bool, int | None]:
+    for name in disk_names:
+        if base == name:
+            return True, None
+        suffix = base[len(name) :].removeprefix("p")
+        if base.startswith(name) and suffix.isdigit():
+            return True, int(suffix)
+    return False, None
+
+
+def mounts(devices: list[str]) -> list[Mount]:
+    """Filesystems mounted from one of ``devices`` or a partition of one (``loop0p1``)."""
+    found: dict[str, Mount] = {}
     names = {os.path.basename(d) for d in devices}
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         left, _, right = line.partition(" - ")
-        source = right.split()[1] if len(right.split()) > 1 else ""
+        fields = right.split()
+        source = fields[1] if len(fields) > 1 else ""
         mountpoint = left.split()[4].replace("\\040", " ")
-        base = os.path.basename(source)
-        if source.startswith("/dev/") and any(
-            base == n or (base.startswith(n) and base[len(n) :].lstrip("p").isdigit())
-            for n in names
-        ):
-            found.append(mountpoint)
-    return sorted(set(found))
+        ours, partition = _partition_of(os.path.basename(source), names)
+        if source.startswith("/dev/") and ours:
+            found[mountpoint] = Mount(mountpoint, source, partition)
+    return [found[m] for m in sorted(found)]
+
+
+def mounts_of(devices: list[str]) -> list[str]:
+    return [m.mountpoint for m in mounts(devices)]
+
+
+def disk_mounts(disk_path: str) -> list[Mount]:
+    return mounts(backing_devices(disk_path))
 
 
 def mounts_of_disk(disk_path: str) -> list[str]:
@@ -105,24 +132,37 @@ def _start_watchdog(mountpoints: list[str], max_seconds: float) -> subprocess.Po
     )
 
 
+@dataclass
+class FrozenWindow:
+    """The filesystems frozen, and for how long (set on thaw): what applications felt."""
+
+    mounts: list[str]
+    ms: float | None = None
+
+
 @contextlib.contextmanager
 def freeze_filesystems(
     mountpoints: list[str], max_seconds: float = DEFAULT_MAX_FREEZE_S
-) -> Iterator[list[str]]:
+) -> Iterator[FrozenWindow]:
     """Freeze ``mountpoints`` for the body of the ``with``; thaw always, by max_seconds at most."""
-    os.sync()
+    os.sync()  # flush outside the window, so the freeze itself has little left to write
     watchdog = _start_watchdog(mountpoints, max_seconds)
     frozen: list[str] = []
+    window = FrozenWindow(list(mountpoints))
+    started = time.perf_counter()
     try:
         for mountpoint in mountpoints:
             _fsfreeze("-f", mountpoint)
             frozen.append(mountpoint)
-        yield list(mountpoints)
+        yield window
     finally:
         expired = watchdog.poll() == EXPIRED
-        watchdog.kill()
-        watchdog.wait()
-        _thaw_all(frozen)
+        try:
+            _thaw_all(frozen)
+        finally:
+            window.ms = round((time.perf_counter() - started) * 1000, 3)
+            watchdog.kill()
+            watchdog.wait()
     if expired:
         raise QuiesceError(
             ", ".join(mountpoints),

@@ -13,9 +13,9 @@ from tasks.summaries import CycleSummary, DiskImage, MachineSummary
 
 @task(name="register-machine")
 def register_machine(
-    settings: ops.Settings, name: str, disks: list[str], apps: list[str]
+    settings: ops.Settings, name: str, disks: list[str], apps: list[str], hooks: dict[str, str]
 ) -> MachineSummary:
-    return MachineSummary.of(ops.add_machine(settings, name, disks, apps))
+    return MachineSummary.of(ops.add_machine(settings, name, disks, apps, hooks=hooks))
 
 
 # A cycle is idempotent until its commit (nothing is visible before), so a transient failure

@@ -16,10 +16,12 @@ class MachineSummary(BaseModel):
     name: str
     disks: list[str]
     apps: list[str]
+    hooks: dict[str, str] = {}
 
     @staticmethod
     def of(spec: MachineSpec) -> MachineSummary:
-        return MachineSummary(name=spec.name, disks=[d.path for d in spec.disks], apps=spec.apps)
+        disks = [d.path for d in spec.disks]
+        return MachineSummary(name=spec.name, disks=disks, apps=spec.apps, hooks=spec.hooks)
 
 
 class CycleSummary(BaseModel):
@@ -31,6 +33,7 @@ class CycleSummary(BaseModel):
     checkpoint: str | None = None
     frozen_ms: float | None = None
     frozen: list[str] = []
+    consistency: str | None = None
 
     @staticmethod
     def of(result: CycleResult) -> CycleSummary:
@@ -43,6 +46,7 @@ class CycleSummary(BaseModel):
             checkpoint=result.checkpoint,
             frozen_ms=result.frozen_ms,
             frozen=result.frozen,
+            consistency=result.consistency,
         )
 
 

@@ -281,21 +281,22 @@ FREEZE_DRIVER = textwrap.dedent(
     import sys
     from pathlib import Path
 
+    import r2b.apps.agent as agent
     import r2b.ops as ops
 
     store_url, home, name, max_freeze_s = sys.argv[1:5]
-    real_freeze = ops.freeze_filesystems
+    real_freeze = agent.freeze_filesystems
 
 
     @contextlib.contextmanager
     def freeze_then_die(mounts, max_seconds):
         with real_freeze(mounts, max_seconds) as frozen:
-            os.write(1, f"KILLED frozen {','.join(frozen)}\\n".encode())
+            os.write(1, f"KILLED frozen {','.join(frozen.mounts)}\\n".encode())
             os.kill(os.getpid(), signal.SIGKILL)
             yield frozen
 
 
-    ops.freeze_filesystems = freeze_then_die
+    agent.freeze_filesystems = freeze_then_die
     ops.checkpoint(ops.Settings(store_url, Path(home)), name, max_freeze_s=float(max_freeze_s))
     print("FINISHED")
     sys.exit(3)

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import tempfile
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,6 +60,7 @@ from r2b.journal.format import (
 from r2b.journal.snapshot import BlockMap, Journal, digest_array, zero_digest
 from r2b.journal.state import DigestCache
 from r2b.machines import DiskSpec, MachineSpec
+from r2b.quiesce import FrozenWindow
 from r2b.source.disk import DiskReader, probe_disk
 from r2b.store.base import ObjectStore
 
@@ -69,7 +69,7 @@ PACK_TARGET = 8 << 20  # pack objects of ~8 MiB keep the per-request overhead sm
 ZSTD_LEVEL = 1  # PERFORMANCE.md: level 3 costs ~37% throughput for ~9% ratio
 
 Progress = Callable[[int], None]
-Freezer = Callable[[], ContextManager[list[str]]]
+Freezer = Callable[[], ContextManager[FrozenWindow]]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class CycleResult:
     checkpoint: CheckpointId | None = None
     frozen_ms: float | None = None
     frozen: list[str] = field(default_factory=list)
+    consistency: str | None = None  # of the checkpoint, when one was marked
 
 
 @dataclass
@@ -283,12 +284,11 @@ class Replicator:
             else:
                 with tempfile.TemporaryDirectory(prefix="r2b-spool-") as folder:
                     spool = SpoolSink(Path(folder))
-                    started = time.perf_counter()
-                    with freeze() as frozen:
+                    with freeze() as window:
                         captures = self._capture_all(
                             seq, run, previous, changed_extents, spool, progress
                         )
-                    frozen_ms = (time.perf_counter() - started) * 1000
+                    frozen, frozen_ms = window.mounts, window.ms
                     spool.upload(uploads)
             disks = self._write_indexes(seq, run, captures, uploads)
         finally:
@@ -331,6 +331,7 @@ class Replicator:
             mark.id if mark else None,
             frozen_ms,
             frozen,
+            mark.consistency if mark else None,
         )
 
     def _check_sizes(self) -> None:
@@ -487,5 +488,5 @@ class Replicator:
         )
 
 
-def no_freeze() -> ContextManager[list[str]]:
-    return contextlib.nullcontext([])
+def no_freeze() -> ContextManager[FrozenWindow]:
+    return contextlib.nullcontext(FrozenWindow([], 0.0))

@@ -1,0 +1,71 @@
+"""SQLite: checkpoint the WAL, hold writers during the freeze, list tables."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from r2b.errors import QuiesceError
+
+BUSY_TIMEOUT_S = 10.0
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+        )
+    except sqlite3.Error as e:
+        raise QuiesceError(f"sqlite:{path}", f"cannot open the database: {e}") from None
+    return conn
+
+
+def describe(path: str) -> dict[str, Any]:
+    """Tables with row counts and schema, and the files that hold the database."""
+    conn = _connect(path)
+    try:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        tables = []
+        for name, sql in conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " ORDER BY name"
+        ):
+            rows = conn.execute(f'SELECT count(*) FROM "{name.replace(chr(34), chr(34) * 2)}"')
+            tables.append({"name": name, "rows": rows.fetchone()[0], "schema": sql})
+        return {
+            "version": sqlite3.sqlite_version,
+            "journal_mode": mode,
+            "tables": tables,
+            "files": [path, f"{path}-wal", f"{path}-shm"] if mode == "wal" else [path],
+        }
+    except sqlite3.Error as e:
+        raise QuiesceError(f"sqlite:{path}", str(e)) from None
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def hold_writers(path: str) -> Iterator[None]:
+    """Checkpoint the WAL into the main file, then keep a write lock until the thaw.
+
+    The checkpoint cannot run inside our own write transaction, so it comes first: a write
+    that slips in between lands in the WAL, which is frozen together with the database file,
+    so the copy is consistent either way, only with a little WAL to replay. ``BEGIN
+    IMMEDIATE`` then takes the RESERVED lock: readers go on, writers wait (their busy timeout)
+    until we roll back after the thaw. A writer that holds the lock longer than
+    ``BUSY_TIMEOUT_S`` makes the quiesce fail rather than wait for ever.
+    """
+    conn = _connect(path)
+    try:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise QuiesceError(f"sqlite:{path}", f"writers did not let go: {e}") from None
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        conn.close()
