@@ -8,7 +8,6 @@ backup would have sent over the WAN.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 from cli.output import Output
 from r2b import ops
 from r2b.errors import BadInput
+from r2b.journal.failover import sha256_of
 
 DISK_MIB = 64
 
@@ -93,14 +93,6 @@ def change_files(disk: Path, work: Path) -> None:
     )
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Demo:
     def __init__(self, out: Output, root: Path) -> None:
         self.out = out
@@ -142,7 +134,7 @@ class Demo:
             "Request a full backup: capture, mark checkpoint",
             lambda: ops.checkpoint(s, "web1", "full"),
         )
-        sha_full = sha256(disk)
+        sha_full = sha256_of(disk)
         full = self.step(
             "Backup proxy: build the full image from the replica (no WAN)",
             lambda: ops.backup(s, "web1")[0].manifest,
@@ -157,7 +149,7 @@ class Demo:
             "Request an incremental backup", lambda: ops.checkpoint(s, "web1", "incremental")
         )
         self.note(f"checkpoint {inc_mark.checkpoint}: {inc_mark.bytes_uploaded:,} bytes sent")
-        sha_inc = sha256(disk)
+        sha_inc = sha256_of(disk)
         inc = self.step(
             "Build the incremental: reads only the changed-block list",
             lambda: ops.backup(s, "web1")[0].manifest,

@@ -9,6 +9,7 @@ once (deduplicated), zstd-compressed (or raw where zstd does not help)::
     chunks/index/<pack>.arrow             Arrow IPC, one row per chunk in that pack (CHUNK_SCHEMA)
     backups/<backup>/<disk>.index.arrow   the image index: one row per block of the disk
     backups/<backup>/<disk>.changed.arrow incremental only: the changed-block list (CHANGED_SCHEMA)
+    backups/<backup>/catalog.parquet      the file catalog of every disk (catalog/schema.py)
     backups/<backup>/manifest.json        written last, create-if-absent: the backup exists
     locks/<kind>-<id>.json                backup (shared) and prune (exclusive) locks
 
@@ -28,22 +29,32 @@ checkpoint twice finds the manifest and does nothing more. The manifest is JSON:
      "disks": {"disk0": {"size": .., "block_size": 65536, "index": "backups/...index.arrow",
                "changed": "backups/...changed.arrow" | null, "blocks_read": .., "bytes_read": ..,
                "chunks_new": .., "bytes_stored": .., "bytes_deduplicated": ..}},
-     "catalog": null}
+     "catalog": {"format": "r2b.catalog", "version": 1, "key": "backups/.../catalog.parquet",
+                 "files": 1234, "bytes_read": .., "seconds": ..,
+                 "partitions": [{"disk": "disk0", "partition": "p1", "path": "/p1", "fs": "ext4",
+                                 "indexed": true, "files": 1200},
+                                {"disk": "disk0", "partition": "p2", "path": "/p2", "fs": null,
+                                 "indexed": false, "reason": "Cannot determine file system type",
+                                 "files": 0}]}}
+
+``catalog`` is null for a backup built without one. The catalog is written after the image
+indexes and before the manifest: it is part of the backup, and a filesystem that cannot be
+read makes a partition ``indexed: false`` with its reason, never a failed backup.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
+from r2b import tables
 from r2b.errors import CorruptData
 from r2b.ids import BackupId, CheckpointId, DiskId, MachineName
 from r2b.journal.format import DIGEST_SIZE, BackupType
+from r2b.tables import write_table as write_table  # re-exported for image objects
 
 FORMAT_VERSION = 1
 
@@ -83,6 +94,10 @@ def image_index_key(backup: BackupId, disk: DiskId) -> str:
 
 def changed_key(backup: BackupId, disk: DiskId) -> str:
     return f"backups/{backup}/{disk}.changed.arrow"
+
+
+def catalog_key(backup: BackupId) -> str:
+    return f"backups/{backup}/catalog.parquet"
 
 
 def chunk_pack_key(pack: str) -> str:
@@ -147,19 +162,6 @@ class Manifest:
             raise CorruptData(f"backup manifest {key} is unreadable: {e}") from e
 
 
-def write_table(table: pa.Table, schema: pa.Schema) -> bytes:
-    sink = io.BytesIO()
-    with ipc.new_file(sink, schema) as writer:
-        writer.write_table(table.cast(schema))
-    return sink.getvalue()
-
-
 def read_table(data: bytes, key: str, fmt: str) -> pa.Table:
-    try:
-        table = ipc.open_file(pa.py_buffer(data)).read_all()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise CorruptData(f"{key} is unreadable: {e}") from e
-    meta = table.schema.metadata or {}
-    if meta.get(b"format") != fmt.encode() or meta.get(b"version") != str(FORMAT_VERSION).encode():
-        raise CorruptData(f"{key} is not a version-{FORMAT_VERSION} {fmt} table")
-    return table
+    """A version-1 image-format table (``r2b.tables``)."""
+    return tables.read_table(data, key, fmt, FORMAT_VERSION)

@@ -56,16 +56,15 @@ it that wrote the block (``r2b.journal.snapshot``); a block never written reads 
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from r2b.errors import CorruptData
 from r2b.ids import CheckpointId, DiskId, MachineName
+from r2b.tables import read_table, write_table
 
 FORMAT_VERSION = 1
 DEFAULT_BLOCK_SIZE = 32 * 1024
@@ -200,25 +199,12 @@ class Commit:
 
 
 def write_index(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with ipc.new_file(sink, INDEX_SCHEMA) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
+    return write_table(table, INDEX_SCHEMA)
 
 
 def read_index(data: bytes, key: str, fmt: str = "r2b.journal.index") -> pa.Table:
-    try:
-        table = ipc.open_file(pa.py_buffer(data)).read_all()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise CorruptData(f"journal object {key} is unreadable: {e}") from e
-    meta = table.schema.metadata or {}
-    if meta.get(b"format") != fmt.encode() or meta.get(b"version") != str(FORMAT_VERSION).encode():
-        raise CorruptData(f"journal object {key} is not a version-{FORMAT_VERSION} {fmt} table")
-    return table
+    return read_table(data, key, fmt, FORMAT_VERSION)
 
 
 def write_base(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with ipc.new_file(sink, BASE_SCHEMA) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
+    return write_table(table, BASE_SCHEMA)
