@@ -108,4 +108,5 @@ class PruneSummary(BaseModel):
     bytes_freed: int
     packs_deleted: int
     bytes_reclaimable: int
+    packs_repacked: int
     journal_objects_deleted: int

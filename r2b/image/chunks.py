@@ -130,6 +130,7 @@ class ChunkWriter:
         self.target = target
         self.chunks_written = 0
         self.bytes_written = 0
+        self.keys: list[str] = []  # pack and index objects written
         self._lock = threading.Lock()
         self._seen: set[bytes] = set()
         self._open = _new_pack()
@@ -175,6 +176,8 @@ class ChunkWriter:
             }
         )
         self.store.put(chunk_index_key(pack_id), write_table(table, CHUNK_SCHEMA))
+        with self._lock:
+            self.keys += [chunk_pack_key(pack_id), chunk_index_key(pack_id)]
 
 
 __all__ = ["ChunkIndex", "ChunkWriter", "Located", "digest_array", "digest_column"]

@@ -9,8 +9,9 @@ leaving the store valid if interrupted:
 2. remove image objects left without a manifest (crashed builds);
 3. delete chunk packs none of whose chunks a remaining backup references: the pack's index
    first (nobody will reuse its chunks), then the pack; delete packs that have no index
-   (crashed builds). Packs still partly referenced stay whole (their unreferenced bytes are
-   reported as ``bytes_reclaimable``, for a later compaction);
+   (crashed builds). A pack at least half unreferenced is rewritten (its live chunks copied,
+   verified, into a new pack, then the old one deleted); below that its unreferenced bytes
+   are reported as ``bytes_reclaimable``;
 4. remove stale locks.
 """
 
@@ -20,13 +21,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import blake3
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import zstandard
 
+from r2b.blockio import decode_block
 from r2b.clock import Clock, utc_now
-from r2b.errors import NotFound
+from r2b.errors import ChunkCorrupt, NotFound
 from r2b.image.backups import list_backups
-from r2b.image.chunks import ChunkIndex, digest_array
+from r2b.image.chunks import ChunkIndex, ChunkWriter, digest_array
 from r2b.image.format import (
     BACKUPS_PREFIX,
     CHUNK_PACK_PREFIX,
@@ -50,6 +55,7 @@ class PruneResult:
     bytes_freed: int = 0
     packs_deleted: int = 0
     bytes_reclaimable: int = 0
+    packs_repacked: int = 0
     journal_objects_deleted: int = 0
 
 
@@ -121,8 +127,17 @@ def _delete_orphan_images(store: ObjectStore, live: set[str]) -> int:
     return freed
 
 
+REPACK_WASTE = 0.5  # rewrite a pack when at least half of its bytes are unreferenced
+
+
 def _collect_chunks(store: ObjectStore, remaining: list[Manifest], result: PruneResult) -> None:
     chunks = ChunkIndex.load(store)
+    # orphans first: packs written from here on (repacking) are not in this index either
+    indexed = set(chunks.pack_ids)
+    for key in list(store.list(CHUNK_PACK_PREFIX)):
+        if key.rsplit("/", 1)[1].removesuffix(".pack") not in indexed:
+            result.bytes_freed += _delete(store, key)
+            result.packs_deleted += 1
     needed = list(referenced_chunks(store, remaining).values())
     wanted = np.concatenate(needed) if needed else np.empty((0, 32), np.uint8)
     table = chunks.table
@@ -133,17 +148,58 @@ def _collect_chunks(store: ObjectStore, remaining: list[Manifest], result: Prune
         lengths = table.column("length").to_numpy()
         for number, pack_id in enumerate(chunks.pack_ids):
             mine = packs == number
+            waste = int(lengths[mine & ~used_np].sum())
             if not used_np[mine].any():
-                result.bytes_freed += _delete(store, chunk_index_key(pack_id))
-                result.bytes_freed += _delete(store, chunk_pack_key(pack_id))
+                result.bytes_freed += _delete_pack(store, pack_id)
                 result.packs_deleted += 1
+            elif waste >= REPACK_WASTE * int(lengths[mine].sum()):
+                result.bytes_freed += _repack(
+                    store, chunks, np.flatnonzero(mine & used_np), pack_id
+                )
+                result.packs_repacked += 1
             else:
-                result.bytes_reclaimable += int(lengths[mine & ~used_np].sum())
-    indexed = set(chunks.pack_ids)
-    for key in list(store.list(CHUNK_PACK_PREFIX)):
-        if key.rsplit("/", 1)[1].removesuffix(".pack") not in indexed:
-            result.bytes_freed += _delete(store, key)
-            result.packs_deleted += 1
+                result.bytes_reclaimable += waste
+
+
+def _delete_pack(store: ObjectStore, pack_id: str) -> int:
+    """Index first (nobody reuses its chunks any more), then the pack."""
+    return _delete(store, chunk_index_key(pack_id)) + _delete(store, chunk_pack_key(pack_id))
+
+
+def _repack(store: ObjectStore, chunks: ChunkIndex, rows: np.ndarray, pack_id: str) -> int:
+    """Copy a pack's referenced chunks into a new pack, verified, then drop the old pack;
+    returns the bytes the store shrank by.
+
+    While both exist the chunks are indexed twice, which readers accept (either copy is
+    whole); the old index goes before the old pack, as in deletion.
+    """
+    key = chunk_pack_key(pack_id)
+    data = store.get(key)
+    table = chunks.table.take(pa.array(rows))
+    writer = ChunkWriter(store)
+    columns = [
+        table.column(n).to_pylist() for n in ("digest", "codec", "offset", "length", "plain_length")
+    ]
+    for digest, codec, offset, length, plain_length in zip(*columns, strict=True):
+        payload = data[offset : offset + length]
+        _verify_chunk(digest, codec, payload, plain_length, key)
+        writer.add(digest, codec, payload, plain_length)
+    writer.flush()
+    written = sum(_size(store, k) for k in writer.keys)
+    return _delete_pack(store, pack_id) - written  # the store's net shrinkage
+
+
+def _verify_chunk(digest: bytes, codec: int, payload: bytes, plain_length: int, key: str) -> None:
+    try:
+        plain = decode_block(codec, payload, plain_length)
+    except (ValueError, zstandard.ZstdError):
+        plain = b""
+    if blake3.blake3(plain).digest() != digest:
+        raise ChunkCorrupt(
+            [digest.hex()],
+            [],
+            f"in {key} does not match its digest; prune stopped before rewriting it",
+        )
 
 
 __all__ = ["PruneResult", "RetentionPolicy", "prune"]
