@@ -20,6 +20,7 @@ from r2b.source.disk import probe_disk
 from r2b.store.base import ObjectStore
 
 MACHINE_FORMAT = "r2b.machine"
+HOOK_KEYS = {"pre_freeze", "post_thaw", "timeout_s"}
 MACHINE_VERSION = 1
 
 
@@ -37,7 +38,7 @@ class MachineSpec:
     disks: list[DiskSpec]
     apps: list[str] = field(default_factory=list)
     created: str = ""
-    hooks: dict[str, str] = field(default_factory=dict)  # pre_freeze / post_thaw commands
+    hooks: dict[str, str] = field(default_factory=dict)  # pre_freeze, post_thaw, timeout_s
 
     def disk(self, name: str | None) -> DiskSpec:
         """The disk called ``name`` (its id or its file name); the only one when ``None``."""
@@ -68,9 +69,14 @@ def register_machine(
     machine = machine_name(name)
     for app in apps or []:
         parse_app(app)  # a bad spec fails now, not at the first checkpoint
-    hooks = {k: v for k, v in (hooks or {}).items() if v}
-    if set(hooks) - {"pre_freeze", "post_thaw"}:
-        raise BadInput(f"unknown hooks {sorted(set(hooks) - {'pre_freeze', 'post_thaw'})}")
+    hooks = {k: str(v) for k, v in (hooks or {}).items() if v}
+    if set(hooks) - HOOK_KEYS:
+        raise BadInput(f"unknown hooks {sorted(set(hooks) - HOOK_KEYS)}")
+    try:
+        if float(hooks.get("timeout_s", 1)) <= 0:
+            raise ValueError
+    except ValueError:
+        raise BadInput(f"hook timeout {hooks['timeout_s']!r} must be a positive number") from None
     if block_size < 4096 or block_size & (block_size - 1) or block_size > 4 << 20:
         raise BadInput(f"block size {block_size} must be a power of two from 4 KiB to 4 MiB")
     if not disk_paths:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from r2b.apps import mail, postgres, sqlite
-from r2b.apps.hooks import DEFAULT_HOOK_TIMEOUT_S, run_hook
+from r2b.apps.hooks import run_hook
 from r2b.apps.specs import AppSpec, parse_app
 from r2b.clock import Clock, iso, utc_now
 from r2b.errors import QuiesceError
@@ -43,12 +43,17 @@ class AppPlan:
     apps: list[AppSpec] = field(default_factory=list)
     pre_freeze: str | None = None
     post_thaw: str | None = None
-    hook_timeout_s: float = DEFAULT_HOOK_TIMEOUT_S
+    hook_timeout_s: float | None = None  # None: hooks.DEFAULT_HOOK_TIMEOUT_S
 
     @staticmethod
     def of(apps: list[str], hooks: dict[str, str]) -> AppPlan:
+        """From a machine registration: ``hooks`` has pre_freeze, post_thaw, timeout_s."""
+        timeout = hooks.get("timeout_s")
         return AppPlan(
-            [parse_app(a) for a in apps], hooks.get("pre_freeze"), hooks.get("post_thaw")
+            [parse_app(a) for a in apps],
+            hooks.get("pre_freeze"),
+            hooks.get("post_thaw"),
+            float(timeout) if timeout else None,
         )
 
     @property
@@ -99,12 +104,15 @@ def describe(app: AppSpec, mounts: list[DiskMount]) -> dict[str, Any]:
     else:
         info = mail.describe_mbox(app.target)
     places = [locate(path, mounts) for path in info.get("files", [])]
-    return {
-        "spec": str(app),
-        "kind": app.kind,
-        **info,
-        "on_disk": [p for p in places if p is not None],
-    }
+    on_disk = [p for p in places if p is not None]
+    if info.get("files") and not on_disk:
+        # metadata about files the backup will not hold would promise what it cannot restore
+        raise QuiesceError(
+            str(app),
+            "its files are not on a mounted filesystem of the "
+            f"machine's disks: {', '.join(info['files'][:3])}",
+        )
+    return {"spec": str(app), "kind": app.kind, **info, "on_disk": on_disk}
 
 
 def write_metadata(doc: dict[str, Any], host_path: str) -> None:
@@ -135,9 +143,15 @@ def _hooks(plan: AppPlan) -> Iterator[None]:
         run_hook("pre-freeze", plan.pre_freeze, plan.hook_timeout_s)
     try:
         yield
-    finally:
+    except BaseException as cause:
         if plan.post_thaw:
-            run_hook("post-thaw", plan.post_thaw, plan.hook_timeout_s)
+            try:
+                run_hook("post-thaw", plan.post_thaw, plan.hook_timeout_s)
+            except QuiesceError as failed:  # the cause is what the operator must see first
+                cause.add_note(f"and then: {failed}")
+        raise
+    if plan.post_thaw:
+        run_hook("post-thaw", plan.post_thaw, plan.hook_timeout_s)
 
 
 @contextlib.contextmanager

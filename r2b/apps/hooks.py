@@ -11,8 +11,10 @@ from r2b.errors import QuiesceError
 DEFAULT_HOOK_TIMEOUT_S = 60.0
 
 
-def run_hook(name: str, command: str, timeout_s: float = DEFAULT_HOOK_TIMEOUT_S) -> None:
+def run_hook(name: str, command: str, timeout_s: float | None = None) -> None:
     """Run ``command`` with ``sh -c``; a non-zero exit or a timeout is a ``QuiesceError``."""
+    if timeout_s is None:
+        timeout_s = DEFAULT_HOOK_TIMEOUT_S
     process = subprocess.Popen(
         ["sh", "-c", command],
         stdout=subprocess.PIPE,

@@ -21,7 +21,16 @@ def _connect(conninfo: str, dbname: str | None = None) -> psycopg.Connection[Any
         return psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.Error as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QuiesceError("postgres", f"cannot connect: {first}") from None
+        raise QuiesceError(server_name(conninfo), f"cannot connect: {first}") from None
+
+
+def server_name(conninfo: str) -> str:
+    """``postgres:HOST:PORT`` for messages (never the password)."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "postgres"
+    return f"postgres:{parts.get('host', 'localhost')}:{parts.get('port', 5432)}"
 
 
 def describe(conninfo: str) -> dict[str, Any]:
@@ -47,8 +56,12 @@ def describe(conninfo: str) -> dict[str, Any]:
 def _tables(conninfo: str, dbname: str) -> list[dict[str, Any]]:
     with _connect(conninfo, dbname) as conn:
         rows = conn.execute(
-            "SELECT n.nspname, c.relname, pg_total_relation_size(c.oid), c.reltuples::bigint "
+            # reltuples is -1 (or 0) until ANALYZE: the statistics collector's live-tuple
+            # count knows better for fresh tables
+            "SELECT n.nspname, c.relname, pg_total_relation_size(c.oid), "
+            "greatest(c.reltuples::bigint, coalesce(st.n_live_tup, 0)) "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_stat_user_tables st ON st.relid = c.oid "
             "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', "
             "'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2"
         )
@@ -68,5 +81,5 @@ def checkpointed(conninfo: str) -> Iterator[None]:
         try:
             conn.execute("CHECKPOINT")
         except psycopg.Error as e:
-            raise QuiesceError("postgres", f"CHECKPOINT failed: {e}") from None
+            raise QuiesceError(server_name(conninfo), f"CHECKPOINT failed: {e}") from None
         yield

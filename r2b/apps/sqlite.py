@@ -50,17 +50,19 @@ def describe(path: str) -> dict[str, Any]:
 def hold_writers(path: str) -> Iterator[None]:
     """Checkpoint the WAL into the main file, then keep a write lock until the thaw.
 
-    The checkpoint cannot run inside our own write transaction, so it comes first: a write
-    that slips in between lands in the WAL, which is frozen together with the database file,
-    so the copy is consistent either way, only with a little WAL to replay. ``BEGIN
-    IMMEDIATE`` then takes the RESERVED lock: readers go on, writers wait (their busy timeout)
-    until we roll back after the thaw. A writer that holds the lock longer than
+    The checkpoint is PASSIVE: it copies what it can without waiting for readers or writers.
+    (TRUNCATE waited up to the busy timeout while holding SQLite's checkpoint lock, which
+    stalled the application's writers and its own checkpoints: a WAL grew to ENOSPC in a
+    test.) A write that slips in afterwards lands in the WAL, which is frozen together with
+    the database file, so the copy is consistent either way, only with WAL to replay.
+    ``BEGIN IMMEDIATE`` then takes the RESERVED lock: readers go on, writers wait (their busy
+    timeout) until we roll back after the thaw. A writer that holds the lock longer than
     ``BUSY_TIMEOUT_S`` makes the quiesce fail rather than wait for ever.
     """
     conn = _connect(path)
     try:
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
             raise QuiesceError(f"sqlite:{path}", f"writers did not let go: {e}") from None

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -282,7 +284,8 @@ class Replicator:
             if freeze is None:
                 captures = self._capture_all(seq, run, previous, changed_extents, uploads, progress)
             else:
-                with tempfile.TemporaryDirectory(prefix="r2b-spool-") as folder:
+                _remove_dead_spools()
+                with tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-") as folder:
                     spool = SpoolSink(Path(folder))
                     with freeze() as window:
                         captures = self._capture_all(
@@ -486,6 +489,28 @@ class Replicator:
             list(frozen),
             request.app_metadata,
         )
+
+
+SPOOL_PREFIX = "r2b-spool-"
+
+
+def _remove_dead_spools() -> None:
+    """Spools of replicators that were killed (SIGKILL leaves them): their pid is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SPOOL_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def no_freeze() -> ContextManager[FrozenWindow]:
