@@ -80,12 +80,16 @@ def machine_add(
     post_thaw: Annotated[
         str | None, typer.Option("--post-thaw", help="Command run after the thaw.")
     ] = None,
+    hook_timeout: Annotated[
+        float | None, typer.Option("--hook-timeout", help="Seconds a hook may take (60).")
+    ] = None,
 ) -> None:
     """Register a protected machine, its disks and its applications."""
     from flows.machines import register_machine_flow
     from flows.runtime import run_flow
 
-    hooks = {k: v for k, v in (("pre_freeze", pre_freeze), ("post_thaw", post_thaw)) if v}
+    given = (("pre_freeze", pre_freeze), ("post_thaw", post_thaw), ("timeout_s", hook_timeout))
+    hooks = {k: str(v) for k, v in given if v is not None}
     summary = run_flow(
         register_machine_flow, name, disk, app_spec or [], state.settings.store_url, hooks
     )
@@ -309,6 +313,78 @@ def demo(
     )
     if not summary["ok"]:
         raise typer.Exit(1)
+
+
+# --- the file catalog: ls, find (read-only: no Prefect), restore file (a flow) ---------------
+
+
+@app.command("ls")
+def ls_cmd(
+    backup_ref: Annotated[str, typer.Argument(metavar="BACKUP")],
+    path: Annotated[str, typer.Argument(metavar="[PATH]")] = "/",
+) -> None:
+    """Browse a backup's files: the entries of folder PATH (default /: the partitions, or the
+    root of a disk's only filesystem)."""
+    from r2b.ops import ls
+
+    rows = ls(state.settings, backup_ref, path)
+    human = [{**r, "mode": _octal(r.get("mode")), "size": r.get("size")} for r in rows]
+    state.out.table(rows, human, ["mode", "type", "size", "mtime", "path"])
+
+
+@app.command("find")
+def find_cmd(
+    pattern: Annotated[str, typer.Argument(metavar="PATTERN")],
+    machine: Annotated[
+        str | None, typer.Option("--machine", help="Only this machine's backups.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most N results (0: all).")] = 10_000,
+) -> None:
+    """Search every backup of every machine: a glob on the name (no '/') or the whole path.
+    Each file's versions are listed together, oldest first."""
+    from r2b.ops import find
+
+    rows = find(state.settings, pattern, machine, limit)
+    if limit and len(rows) >= limit:
+        state.out.say(f"showing the first {limit} matches; narrow PATTERN or raise --limit")
+    state.out.table(rows, rows, ["backup", "path", "size", "mtime", "type"])
+
+
+@restore_app.command("file")
+def restore_file_cmd(
+    backup_ref: Annotated[str, typer.Argument(metavar="BACKUP")],
+    paths: Annotated[list[str], typer.Argument(metavar="PATH...")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to restore into.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace files that already exist.")
+    ] = False,
+) -> None:
+    """Restore files or folders (globs allowed), reading only the chunks that hold them.
+    /p2/etc/hosts lands in DIR/p2/etc/hosts."""
+    from flows.backup import restore_files_flow
+    from flows.runtime import run_flow
+
+    with _reporting():
+        result = run_flow(
+            restore_files_flow,
+            backup_ref,
+            paths,
+            str(to.absolute()),
+            overwrite,
+            state.settings.store_url,
+        )
+    doc = result.model_dump()
+    lines = [
+        f"restored {result.files} files, {result.dirs} folders, {result.symlinks} symlinks "
+        f"({result.bytes_written} bytes) into {result.to}; fetched {result.bytes_fetched} "
+        f"bytes ({result.chunks_fetched} chunks)"
+    ]
+    lines += [f"skipped {s['path']}: {s['reason']}" for s in result.skipped]
+    state.out.document(doc, "\n".join(lines))
+
+
+def _octal(mode: object) -> str:
+    return f"{mode:04o}" if isinstance(mode, int) else ""
 
 
 def main() -> None:

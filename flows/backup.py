@@ -8,8 +8,20 @@ from flows.reporting import publish_backups
 from flows.runtime import call, emit
 from r2b.image.retention import RetentionPolicy
 from r2b.ops import Settings
-from tasks.images import build_backup, prune_backups, restore_disk, verify_backups
-from tasks.summaries import BackupSummary, DiskImage, PruneSummary, VerifySummary
+from tasks.images import (
+    build_backup,
+    prune_backups,
+    restore_disk,
+    restore_files,
+    verify_backups,
+)
+from tasks.summaries import (
+    BackupSummary,
+    DiskImage,
+    FileRestoreSummary,
+    PruneSummary,
+    VerifySummary,
+)
 
 
 @flow(name="backup-from-replica")
@@ -31,6 +43,15 @@ def restore_disk_flow(
     backup: str, to: str, disk: str | None = None, store: str | None = None
 ) -> DiskImage:
     return call(restore_disk, Settings.from_env(store), backup, to, disk)
+
+
+@flow(name="restore-files")
+def restore_files_flow(
+    backup: str, paths: list[str], to: str, overwrite: bool = False, store: str | None = None
+) -> FileRestoreSummary:
+    """Restore files and folders (globs allowed) of a backup into folder ``to``, reading only
+    the chunks that hold them."""
+    return call(restore_files, Settings.from_env(store), backup, paths, to, overwrite)
 
 
 @flow(name="verify")

@@ -103,9 +103,17 @@ def fetch_blocks(
     deliver: Deliver,
     workers: int = 4,
 ) -> Damage:
-    """Deliver every block in ``blocks`` that has a payload, verified; return what failed."""
+    """Deliver every block in ``blocks`` that has a payload, verified; return what failed.
+
+    Blocks in one pack (the common case of a small read: a mounted image's cache miss, one
+    file's extents) are fetched on the calling thread, without starting a pool.
+    """
     damage = Damage()
     groups = _group_by_pack(layout, blocks[layout.codec[blocks] != 0])
+    if len(groups) <= 1 or workers <= 1:
+        for key, members in groups.items():
+            _fetch_pack(store, layout, key, members, deliver, damage)
+        return damage
     with ThreadPoolExecutor(workers, thread_name_prefix="r2b-fetch") as pool:
         jobs = [
             pool.submit(_fetch_pack, store, layout, key, members, deliver, damage)

@@ -8,9 +8,12 @@ are translated into these types at the boundary where they occur.
     R2BError
     ├── BadInput                      the user asked for something that cannot be
     │   ├── NotADisk(path, reason)
-    │   └── DiskSizeChanged(disk, registered, now)
+    │   ├── DiskSizeChanged(disk, registered, now)
+    │   └── RestoreConflict(paths)        restoring would overwrite files (without --overwrite)
     ├── NotFound(key)                 an object / machine / checkpoint does not exist
-    │   └── UnknownMachine(name)
+    │   ├── UnknownMachine(name)
+    │   ├── PathNotInBackup(backup, path)
+    │   └── NoCatalog(backup)             the backup has no file catalog
     ├── StoreError                    the object store failed
     │   ├── TransientStoreError       worth retrying (timeouts, 5xx, throttling)
     │   │   └── StoreUnreachable(url)
@@ -18,11 +21,15 @@ are translated into these types at the boundary where they occur.
     │       └── BucketMissing(bucket)
     ├── CorruptData                   stored bytes do not match their digest
     │   ├── JournalCorrupt(machine, disk, key, blocks)
-    │   └── ChunkCorrupt(digests, backups, reason)
+    │   ├── ChunkCorrupt(digests, backups, reason)
+    │   └── BlocksUnreadable(source, blocks, reason)  a mounted image could not read blocks
+    ├── UnreadableFilesystem(volume, reason)  a partition's filesystem cannot be indexed
     ├── ConflictError                 somebody else committed first (concurrent writer)
-    │   └── StoreLocked(holder)           prune and backup exclude each other
+    │   ├── StoreLocked(holder)           prune and backup exclude each other
+    │   └── CatalogBusy(path)             another process holds the catalog database
     ├── CheckpointTimeout(machine, checkpoint, seconds)
-    └── QuiesceError(target, reason)  freezing or thawing failed
+    ├── QuiesceError(target, reason)  freezing or thawing failed
+    └── LocalWriteError(path, reason) writing restored files on this host failed
 """
 
 from __future__ import annotations
@@ -57,11 +64,37 @@ class DiskSizeChanged(BadInput):
         )
 
 
+class RestoreConflict(BadInput):
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        shown = ", ".join(self.paths[:3])
+        more = f" and {len(self.paths) - 3} more" if len(self.paths) > 3 else ""
+        super().__init__(
+            f"{shown}{more} already exist(s): nothing was restored "
+            "(pass --overwrite to replace, or restore into an empty folder)"
+        )
+
+
 class NotFound(R2BError):
     def __init__(self, key: str, what: str = "object") -> None:
         self.key = key
         self.what = what
         super().__init__(f"{what} not found: {key}")
+
+
+class PathNotInBackup(NotFound):
+    def __init__(self, backup: str, path: str) -> None:
+        super().__init__(f"{backup}:{path}", "path")
+        self.backup = backup
+        self.path = path
+        self.args = (f"{path!r} is not in backup {backup} (see 'r2b ls {backup}')",)
+
+
+class NoCatalog(NotFound):
+    def __init__(self, backup: str) -> None:
+        super().__init__(backup, "file catalog")
+        self.backup = backup
+        self.args = (f"backup {backup} has no file catalog (built before catalogs existed)",)
 
 
 class UnknownMachine(NotFound):
@@ -129,6 +162,27 @@ class ChunkCorrupt(CorruptData):
         )
 
 
+class BlocksUnreadable(CorruptData):
+    """Blocks of a mounted image (replica snapshot or backup image) failed to read."""
+
+    def __init__(self, source: str, blocks: Sequence[int], reason: str) -> None:
+        self.source = source
+        self.blocks = list(blocks)
+        self.reason = reason
+        shown = ", ".join(str(b) for b in self.blocks[:8])
+        more = f" and {len(self.blocks) - 8} more" if len(self.blocks) > 8 else ""
+        super().__init__(f"{source}: blocks {shown}{more} {reason}")
+
+
+class UnreadableFilesystem(R2BError):
+    """A volume whose filesystem cannot be read (unknown, encrypted, corrupt)."""
+
+    def __init__(self, volume: str, reason: str) -> None:
+        self.volume = volume
+        self.reason = reason
+        super().__init__(f"{volume}: {reason}")
+
+
 class ConflictError(R2BError):
     pass
 
@@ -137,6 +191,16 @@ class StoreLocked(ConflictError):
     def __init__(self, holder: str, what: str) -> None:
         self.holder = holder
         super().__init__(f"the store is locked by {holder}; {what} must wait until it finishes")
+
+
+class CatalogBusy(ConflictError):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"the catalog database {path} is in use by another r2b process ({reason}); "
+            "try again when it finishes"
+        )
 
 
 class CheckpointTimeout(R2BError):
@@ -155,3 +219,12 @@ class QuiesceError(R2BError):
         self.target = target
         self.reason = reason
         super().__init__(f"could not quiesce {target}: {reason}")
+
+
+class LocalWriteError(R2BError):
+    """Writing restored data on this host failed (permissions, a full disk, ...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"could not write {path}: {reason}")

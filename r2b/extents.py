@@ -81,3 +81,34 @@ def coalesce_ranges(ranges: Iterable[Extent], max_gap: int = 0) -> list[tuple[in
         else:
             merged.append((offset, length, [index]))
     return merged
+
+
+FileExtent = tuple[int, int, int]  # file_offset, disk_offset, length
+Piece = tuple[int, int, int, int]  # block, offset in block, file_offset, length
+
+
+def extent_pieces(extents: Iterable[FileExtent], block_size: int) -> Iterator[Piece]:
+    """Split a file's disk extents at block boundaries: each piece lies in one block.
+
+    ``(block, offset_in_block, file_offset, length)``: the file's bytes
+    ``[file_offset, file_offset + length)`` are the block's bytes from ``offset_in_block``.
+    Pieces come in input order; empty extents give none.
+    """
+    for file_offset, disk_offset, length in extents:
+        if file_offset < 0 or disk_offset < 0 or length < 0:
+            raise ValueError(f"negative extent ({file_offset}, {disk_offset}, {length})")
+        position, end, at = disk_offset, disk_offset + length, file_offset
+        while position < end:
+            block, inside = divmod(position, block_size)
+            count = min(block_size - inside, end - position)
+            yield block, inside, at, count
+            position += count
+            at += count
+
+
+def extents_within(extents: Iterable[FileExtent], file_size: int, disk_size: int) -> bool:
+    """Whether every extent lies inside the file and inside the disk (a catalog sanity check)."""
+    return all(
+        f >= 0 and d >= 0 and n >= 0 and f + n <= file_size and d + n <= disk_size
+        for f, d, n in extents
+    )

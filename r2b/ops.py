@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from r2b.apps.agent import AppPlan, DiskMount, application_freeze, metadata_location
 from r2b.clock import Clock, utc_now
@@ -34,6 +35,7 @@ from r2b.machines import DiskSpec, MachineSpec, list_machines, load_machine, reg
 from r2b.policy import next_backup_type
 from r2b.progress import progress
 from r2b.quiesce import DEFAULT_MAX_FREEZE_S, FrozenWindow, disk_mounts
+from r2b.restore.files import FileRestoreResult
 from r2b.store import CountingStore, ObjectStore, open_store
 
 HOME_ENV = "R2B_HOME"
@@ -216,7 +218,17 @@ def backup(
         total = sum(d.size for d in spec.disks)
         with progress(f"backing up {name} at {checkpoint_}", total) as advance:
             results.append(build_backup(store, spec, checkpoint_, wait_s, clock, advance))
+        if results[-1].built:
+            _load_catalog(settings, store, results[-1].manifest)
     return results
+
+
+def _load_catalog(settings: Settings, store: ObjectStore, manifest: Manifest) -> None:
+    """Register a new backup's catalog with this backup server's DuckDB (best effort: a busy
+    database catches up from the store on the next ``ls``/``find``)."""
+    from catalog.db import load_into_catalog
+
+    load_into_catalog(settings.home, store, manifest)
 
 
 def backups(settings: Settings, name: str | None = None) -> list[Manifest]:
@@ -250,3 +262,38 @@ def prune(
     settings: Settings, policy: RetentionPolicy, keep_failover: int = 3, clock: Clock = utc_now
 ) -> PruneResult:
     return image_prune(settings.open(), policy, keep_failover, clock)
+
+
+# --- the file catalog: browse, search, restore files ------------------------------------------
+
+
+def ls(settings: Settings, backup_ref: str, path: str = "/") -> list[dict[str, Any]]:
+    """The entries of folder ``path`` in a backup (or the entry itself), from the catalog."""
+    from catalog.db import synced
+
+    store = settings.open()
+    manifest = load_backup(store, backup_ref)
+    with synced(settings.home, store, {manifest.id}) as db:
+        return db.ls(manifest.id, path)
+
+
+def find(
+    settings: Settings, pattern: str, machine: str | None = None, limit: int = 10_000
+) -> list[dict[str, Any]]:
+    """Every version of every entry matching ``pattern`` across all backups (all machines,
+    or ``machine``'s), from the catalog."""
+    from catalog.db import synced
+
+    with synced(settings.home, settings.open()) as db:
+        return db.find(pattern, machine, limit)
+
+
+def restore_files(
+    settings: Settings, backup_ref: str, paths: Sequence[str], to: Path, overwrite: bool = False
+) -> FileRestoreResult:
+    """Restore files and folders (globs allowed) of a backup into folder ``to``."""
+    from r2b.restore.files import restore_files as files_restore
+
+    store = settings.open()
+    manifest = load_backup(store, backup_ref)
+    return files_restore(store, manifest, paths, to, overwrite)

@@ -9,7 +9,13 @@ from prefect import task
 
 from r2b import ops
 from r2b.image.retention import RetentionPolicy
-from tasks.summaries import BackupSummary, DiskImage, PruneSummary, VerifySummary
+from tasks.summaries import (
+    BackupSummary,
+    DiskImage,
+    FileRestoreSummary,
+    PruneSummary,
+    VerifySummary,
+)
 
 
 # Idempotent: a retried build finds the chunks already stored and the manifest if written.
@@ -38,3 +44,10 @@ def prune_backups(
     settings: ops.Settings, policy: RetentionPolicy, keep_failover: int
 ) -> PruneSummary:
     return PruneSummary(**dataclasses.asdict(ops.prune(settings, policy, keep_failover)))
+
+
+@task(name="restore-files")
+def restore_files(
+    settings: ops.Settings, backup: str, paths: list[str], to: str, overwrite: bool
+) -> FileRestoreSummary:
+    return FileRestoreSummary.of(ops.restore_files(settings, backup, paths, Path(to), overwrite))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic import BaseModel
@@ -10,6 +11,7 @@ from r2b.image.format import Manifest
 from r2b.journal.failover import Materialised
 from r2b.journal.replicator import CycleResult
 from r2b.machines import MachineSpec
+from r2b.restore.files import FileRestoreResult
 
 
 class MachineSummary(BaseModel):
@@ -110,3 +112,23 @@ class PruneSummary(BaseModel):
     bytes_reclaimable: int
     packs_repacked: int
     journal_objects_deleted: int
+
+
+class FileRestoreSummary(BaseModel):
+    """What ``restore file`` did: entries written, bytes, and what it read from the store."""
+
+    to: str
+    files: int
+    dirs: int
+    symlinks: int
+    bytes_written: int
+    bytes_fetched: int
+    chunks_fetched: int
+    requests: int
+    skipped: list[dict[str, str]]
+
+    @staticmethod
+    def of(result: FileRestoreResult) -> FileRestoreSummary:
+        doc = dataclasses.asdict(result)
+        doc["to"] = str(result.to)
+        return FileRestoreSummary(**doc)

@@ -11,8 +11,13 @@
 Blocks are copied as the journal stores them (already zstd-compressed), after their digest was
 checked; a chunk whose digest the store already holds is not stored again (deduplication across
 every image and machine). The image index is complete either way. Nothing crosses the WAN: the
-proxy reads only the store. Chunks first, then image indexes, then the manifest (create-if-absent)
-last: a crash leaves no visible image, and the retried build finds the chunks already indexed.
+proxy reads only the store. Chunks first, then image indexes, then the file catalog, then the
+manifest (create-if-absent) last: a crash leaves no visible image, and the retried build finds
+the chunks already indexed.
+
+The catalog (``r2b.mount.indexer``) is extracted by *mounting* each disk's replica snapshot:
+its partition table and filesystems are read in place through the block map, metadata blocks
+only, without a copy; a filesystem that cannot be read is reported, never fatal.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from r2b.journal.format import BackupType, Commit
 from r2b.journal.snapshot import BlockMap, Journal
 from r2b.locks import store_lock
 from r2b.machines import DiskSpec, MachineSpec
+from r2b.mount.indexer import CatalogBuilder
 from r2b.store.base import ObjectStore
 
 Progress = Callable[[int], None]
@@ -84,7 +90,10 @@ def build_backup(
     wait_s: float = 0.0,
     clock: Clock = utc_now,
     progress: Progress | None = None,
+    catalog: bool = True,
 ) -> BuildResult:
+    """Build the backup of ``machine`` at ``checkpoint`` (see the module docstring); with
+    ``catalog``, mount each disk's replica snapshot and store the file catalog too."""
     journal = Journal(store, machine.name)
     commit = wait_for_checkpoint(journal, checkpoint, wait_s)
     assert commit.checkpoint is not None
@@ -98,11 +107,15 @@ def build_backup(
         chunks = ChunkIndex.load(store)
         writer = ChunkWriter(store)
         disks = {}
+        indexer = CatalogBuilder(store, bid, machine.name, len(machine.disks)) if catalog else None
         for disk in machine.disks:
             bmap = journal.block_map(disk.id, disk.size, disk.block_size, commit.seq)
             since = parent.seq if (kind == "incremental" and parent) else None
             disks[disk.id] = _build_disk(store, bid, disk, bmap, since, chunks, writer, progress)
+            if indexer is not None:
+                indexer.add_disk(disk.id, bmap)
         writer.flush()
+        catalog_doc = indexer.finish() if indexer is not None else None
         manifest = Manifest(
             bid,
             machine.name,
@@ -114,6 +127,7 @@ def build_backup(
             commit.checkpoint.time,
             commit.checkpoint.consistency,
             disks,
+            catalog=catalog_doc,
         )
         if not store.put_if_absent(manifest_key(bid), manifest.to_json()):
             return BuildResult(_existing(store, bid) or manifest, False)

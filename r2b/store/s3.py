@@ -101,9 +101,7 @@ def _config(path_style: bool) -> Config:
     )
 
 
-def make_client(
-    endpoint_url: str | None = None, session: boto3.Session | None = None
-) -> S3Client:
+def make_client(endpoint_url: str | None = None, session: boto3.Session | None = None) -> S3Client:
     """An S3 client with botocore's retries off and modest timeouts.
 
     A custom endpoint (MinIO, R2, moto, ...) is addressed path-style; otherwise boto3's

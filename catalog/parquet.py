@@ -1,0 +1,52 @@
+"""A backup's catalog as one Parquet object beside it: ``backups/<backup>/catalog.parquet``.
+
+Rows sorted by path (so lookups and ``ls`` stay fast after loading), zstd-compressed, with
+``format``, ``version``, ``backup`` and ``partitions`` (JSON) in the schema metadata: the file
+describes itself, and the backup server's DuckDB database can be rebuilt from the store alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from catalog.schema import CATALOG_FORMAT, CATALOG_SCHEMA, CATALOG_VERSION
+from r2b.errors import CorruptData
+
+
+def catalog_bytes(table: pa.Table, backup: str, partitions: list[dict[str, Any]]) -> bytes:
+    """The Parquet file of ``table`` (``CATALOG_SCHEMA``, sorted by path)."""
+    meta = {
+        "format": CATALOG_FORMAT,
+        "version": str(CATALOG_VERSION),
+        "backup": backup,
+        "partitions": json.dumps(partitions, sort_keys=True),
+    }
+    table = table.cast(CATALOG_SCHEMA).replace_schema_metadata(meta)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", row_group_size=256 * 1024)
+    return sink.getvalue()
+
+
+def read_catalog(data: bytes, key: str, columns: list[str] | None = None) -> pa.Table:
+    """The catalog table in ``data`` (object ``key``); ``CorruptData`` if it is not one."""
+    try:
+        table = pq.read_table(pa.BufferReader(data), columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise CorruptData(f"catalog {key} is unreadable: {e}") from e
+    meta = table.schema.metadata or {}
+    fmt, version = meta.get(b"format"), meta.get(b"version")
+    if fmt != CATALOG_FORMAT.encode() or version != str(CATALOG_VERSION).encode():
+        raise CorruptData(f"{key} is not a version-{CATALOG_VERSION} {CATALOG_FORMAT} file")
+    return table
+
+
+def catalog_partitions(table: pa.Table) -> list[dict[str, Any]]:
+    """The per-partition summary stored in a catalog's metadata."""
+    raw = (table.schema.metadata or {}).get(b"partitions", b"[]")
+    doc = json.loads(raw)
+    return list(doc) if isinstance(doc, list) else []
