@@ -73,3 +73,23 @@ def test_coalesced_reads_contain_every_range(ranges: list[tuple[int, int]]) -> N
             assert offset <= start and start + size <= offset + length
     for (a, alen, _), (b, _, _) in itertools.pairwise(merged):
         assert a + alen < b
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 5000), st.integers(1, 300)), max_size=10),
+    st.integers(0, 6000),
+    st.integers(1, 600),
+)
+def test_in_hole_is_no_overlap_with_any_data_extent(
+    raw: list[tuple[int, int]], offset: int, length: int
+) -> None:
+    from r2b.source.disk import in_hole
+
+    # sorted, disjoint extents as SEEK_DATA/SEEK_HOLE report them
+    extents: list[tuple[int, int]] = []
+    for start, size in sorted(raw):
+        if not extents or start > extents[-1][1]:
+            extents.append((start, start + size))
+    ends = [end for _, end in extents]
+    overlaps = any(start < offset + length and offset < end for start, end in extents)
+    assert in_hole(extents, ends, offset, length) == (not overlaps)

@@ -41,7 +41,14 @@ import zstandard
 
 from r2b.clock import Clock, iso, utc_now
 from r2b.errors import ConflictError, DiskSizeChanged
-from r2b.extents import Extent, Run, blocks_to_runs, extents_to_blocks, whole_disk_runs
+from r2b.extents import (
+    Extent,
+    Run,
+    block_length,
+    blocks_to_runs,
+    extents_to_blocks,
+    whole_disk_runs,
+)
 from r2b.ids import CheckpointId, DiskId, checkpoint_id
 from r2b.journal.format import (
     CODEC_RAW,
@@ -131,6 +138,8 @@ def scan_run(
 ) -> _RunResult:
     """Read one run, hash its blocks, and encode those whose digest differs from ``previous``."""
     start, count = run
+    if reader.is_hole(start * block_size, count * block_size):
+        return _hole_run(reader.size, block_size, run, previous)
     data = reader.read(start * block_size, count * block_size)
     view = memoryview(data)
     slices = [view[i * block_size : (i + 1) * block_size] for i in range(count)]
@@ -149,6 +158,25 @@ def scan_run(
         codecs,
         payloads,
         [len(slices[i]) for i in changed],
+    )
+
+
+def _hole_run(
+    disk_size: int, block_size: int, run: Run, previous: npt.NDArray[np.uint8]
+) -> _RunResult:
+    """A run inside a hole of a sparse image: all zeros, known without reading or hashing."""
+    start, count = run
+    lengths = [block_length(b, disk_size, block_size) for b in range(start, start + count)]
+    digests = np.frombuffer(b"".join(zero_digest(n) for n in lengths), np.uint8)
+    digests = digests.reshape(count, DIGEST_SIZE)
+    changed = np.flatnonzero((digests != previous[start : start + count]).any(axis=1))
+    return _RunResult(
+        sum(lengths),
+        changed + start,
+        digests[changed],
+        [CODEC_ZERO] * len(changed),
+        [b""] * len(changed),
+        [lengths[i] for i in changed],
     )
 
 
