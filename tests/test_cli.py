@@ -296,3 +296,15 @@ def test_failover_into_a_folder_that_holds_an_image(prepared: Prepared, tmp_path
     assert "disk0.img" in line
     assert tree(dest) == {"disk0.img": len(b"precious, not to be overwritten")}
     assert (dest / "disk0.img").read_bytes() == b"precious, not to be overwritten"
+
+
+def test_usage_errors_are_reported_without_a_traceback(tmp_path: Path) -> None:
+    for args in (["find", "a", "b"], ["no-such-command"], ["replicate"]):
+        run = subprocess.run(
+            [str(R2B), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "R2B_HOME": str(tmp_path)},
+        )
+        assert run.returncode == 2, (args, run.stderr)
+        assert "Traceback" not in run.stderr and "Error:" in run.stderr, run.stderr
