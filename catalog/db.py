@@ -8,10 +8,16 @@ in two so a search looks at each path once, not once per backup:
 - ``files``: one row per entry per backup (``path_id``, type, size, mode, owner, times...),
   appended backup by backup in path order, so DuckDB's zone maps narrow a lookup to one
   backup without an index;
-- ``backups``: one row per loaded backup. Times are integer nanoseconds (``mtime_ns``).
+- ``backups``: one row per loaded backup. Times are integer nanoseconds (``mtime_ns``);
+- ``items``: the application items of each backup (``catalog.items``: mail messages, SQLite and
+  PostgreSQL tables), without the bytes' offsets and table schemas, which restore reads from
+  the Parquet in the store.
 
 ``find`` matches the glob against ``paths`` (a hundred backups of a 120k-file disk: 120k
 paths, not 12M rows), keeps the first paths in order, and only then joins their versions.
+Items are matched on their name when the pattern starts with ``mail:``, ``sqlite:`` or
+``postgres:`` (then no file is), else, for a pattern without ``/``, on a message's Message-ID,
+subject and sender (those two ignoring case) and on a table's name.
 
 The store is the source of truth; this database is a cache of it. ``synced`` compares the
 backups that have a manifest and a ``catalog.parquet`` in the store (one LIST) with what is
@@ -34,6 +40,14 @@ from typing import Any
 
 import duckdb
 
+from catalog.items import (
+    ITEM_DB_COLUMNS,
+    has_item_glob,
+    is_item_name,
+    item_glob_regex,
+    normalize_item,
+    read_items,
+)
 from catalog.schema import CATALOG_VERSION, DB_COLUMNS
 from r2b.errors import CatalogBusy, NoCatalog, PathNotInBackup
 from r2b.image.format import BACKUPS_PREFIX, Manifest, manifest_key
@@ -44,9 +58,10 @@ DB_NAME = "catalog.duckdb"
 LOCK_WAIT_S = 10.0
 DEFAULT_FIND_LIMIT = 10_000
 LOAD_BATCH = 10  # catalogs loaded per transaction when catching up with the store
-_SCHEMA_VERSION = f"{CATALOG_VERSION}.2"
+_SCHEMA_VERSION = f"{CATALOG_VERSION}.3"  # .3: items
 
 _TYPES = {
+    "rows": "BIGINT",
     "size": "UBIGINT",
     "mode": "UINTEGER",
     "uid": "UINTEGER",
@@ -72,7 +87,12 @@ _DDL = [
         for name, src in zip(_FILES, _ROW_COLUMNS, strict=True)
     )
     + ")",
+    "CREATE TABLE IF NOT EXISTS items ("
+    + ", ".join(f"{_RENAMED.get(c, c)} {_TYPES.get(c, 'VARCHAR')}" for c in ITEM_DB_COLUMNS)
+    + ")",
 ]
+_ITEM_COLUMNS = [_RENAMED.get(c, c) for c in ITEM_DB_COLUMNS]
+_TABLES = ("items", "files", "paths", "backups", "meta")
 
 
 @dataclass(frozen=True)
@@ -120,7 +140,7 @@ class CatalogDB:
             _SCHEMA_VERSION
         ):
             return
-        for table in ("files", "paths", "backups", "meta"):
+        for table in _TABLES:
             self.con.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _DDL:
             self.con.execute(statement)
@@ -168,6 +188,7 @@ class CatalogDB:
                 table = table.set_column(index, name, table.column(name).cast(pa.int64()))
             tables.append(table)
         incoming = pa.concat_tables(tables)
+        items = _incoming_items([manifest for manifest, _ in backups], store)
         self.con.execute("BEGIN TRANSACTION")
         try:
             self.con.register("incoming", incoming)
@@ -178,6 +199,13 @@ class CatalogDB:
                 "JOIN paths p ON p.machine = i.machine AND p.path = i.path"
             )
             self.con.unregister("incoming")
+            if items is not None:
+                self.con.register("incoming_items", items)
+                self.con.execute(
+                    f"INSERT INTO items ({', '.join(_ITEM_COLUMNS)}) "
+                    f"SELECT {', '.join(ITEM_DB_COLUMNS)} FROM incoming_items"
+                )
+                self.con.unregister("incoming_items")
             self.con.executemany(
                 "INSERT INTO backups VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [_backup_row(manifest) for manifest, _ in backups],
@@ -200,6 +228,7 @@ class CatalogDB:
         )
 
     def remove(self, backup: str) -> None:
+        self.con.execute("DELETE FROM items WHERE backup = ?", [backup])
         self.con.execute("DELETE FROM files WHERE backup = ?", [backup])
         self.con.execute("DELETE FROM backups WHERE backup = ?", [backup])
 
@@ -253,8 +282,20 @@ class CatalogDB:
         self, pattern: str, machine: str | None = None, limit: int = DEFAULT_FIND_LIMIT
     ) -> list[dict[str, Any]]:
         """Entries whose path (a pattern with ``/``) or name (without) matches the glob, in
-        every loaded backup: each file's versions together, oldest first. The glob runs over
-        distinct paths; only the first ``limit`` of them (in order) are joined to versions."""
+        every loaded backup: each file's versions together, oldest first; then the application
+        items that match (module docstring). At most ``limit`` rows (0: all)."""
+        if is_item_name(pattern):
+            return self.find_items(pattern, machine, limit)
+        files = self.find_files(pattern, machine, limit)
+        if "/" in pattern or (limit > 0 and len(files) >= limit):
+            return files
+        return files + self.find_items(pattern, machine, limit - len(files) if limit else 0)
+
+    def find_files(
+        self, pattern: str, machine: str | None = None, limit: int = DEFAULT_FIND_LIMIT
+    ) -> list[dict[str, Any]]:
+        """Files matching ``pattern`` (see ``find``). The glob runs over distinct paths; only
+        the first ``limit`` of them (in order) are joined to versions."""
         where, params = _match(pattern)
         if has_glob(pattern):  # a name like "photo [1].jpg" also matches itself
             column = "p.path" if "/" in pattern else "p.name"
@@ -284,6 +325,76 @@ class CatalogDB:
             }
             for r in rows
         ]
+
+    def find_items(
+        self, pattern: str, machine: str | None = None, limit: int = DEFAULT_FIND_LIMIT
+    ) -> list[dict[str, Any]]:
+        """Application items matching ``pattern`` (see ``find``): each item's copies in every
+        backup together, oldest backup first."""
+        where, params = _item_match(pattern)
+        if machine is not None:
+            where += " AND i.machine = ?"
+            params.append(machine)
+        cap = f" LIMIT {int(limit)}" if limit > 0 else ""
+        rows = self.con.execute(
+            "SELECT i.backup, i.machine, i.item, i.kind, i.size, i.mtime_ns, b.created, i.path, "
+            "i.folder, i.subject, i.sender, i.recipients, i.rows, i.app, i.note FROM items i "
+            f"JOIN backups b ON b.backup = i.backup WHERE {where} "
+            f"ORDER BY i.item, i.machine, b.seq, i.path, i.folder{cap}",
+            params,
+        ).fetchall()
+        return [_item_entry(r) for r in rows]
+
+
+def _item_match(pattern: str) -> tuple[str, list[Any]]:
+    """SQL condition for ``find_items``: the item name, or (no kind prefix) what a person
+    remembers of an item: a Message-ID, a subject, a sender, a table name."""
+    if is_item_name(pattern):
+        name = normalize_item(pattern)
+        if not has_item_glob(name):
+            return "i.item = ?", [name]
+        return "(regexp_full_match(i.item, ?) OR i.item = ?)", [item_glob_regex(name)[1:-1], name]
+    regex = item_glob_regex(pattern.strip("<>") if not has_item_glob(pattern) else pattern)
+    regex = regex[1:-1]
+    return (
+        "(regexp_full_match(i.message_id, ?) OR regexp_full_match(i.table_name, ?) "
+        "OR regexp_full_match(i.subject, ?, 'i') OR regexp_full_match(i.sender, ?, 'i'))",
+        [regex, regex, regex, regex],
+    )
+
+
+def _item_entry(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "backup": row[0],
+        "machine": row[1],
+        "item": row[2],
+        "kind": row[3],
+        "size": row[4],
+        "mtime": _iso(row[5]),
+        "backup_created": row[6],
+        "stored_in": row[7],
+        "folder": row[8],
+        "subject": row[9],
+        "from": row[10],
+        "to": row[11],
+        "rows": row[12],
+        "app": row[13],
+        "note": row[14],
+    }
+
+
+def _incoming_items(manifests: Sequence[Manifest], store: ObjectStore) -> Any:
+    """The item rows of ``manifests`` that have some, as one Arrow table (None: none)."""
+    import pyarrow as pa
+
+    tables = []
+    for manifest in manifests:
+        key = ((manifest.catalog or {}).get("items") or {}).get("key")
+        if key:
+            table = read_items(store.get(str(key)), str(key), columns=ITEM_DB_COLUMNS)
+            index = table.schema.get_field_index("mtime")
+            tables.append(table.set_column(index, "mtime", table.column("mtime").cast(pa.int64())))
+    return pa.concat_tables(tables) if tables else None
 
 
 def _match(pattern: str) -> tuple[str, list[Any]]:

@@ -309,21 +309,27 @@ class Demo:
         for row in found:
             self.note(f"{row['backup']}: {row.get('size')} bytes, mtime {row.get('mtime')}")
 
-    def _restore_mail(self, backup: str) -> bool | None:
-        restore_items = getattr(ops, "restore_items", None)
-        if restore_items is None:
-            self.note("(mail restore needs the item catalog)")
-            return None
+    def _restore_mail(self, backup: str) -> bool:
+        from flows.backup import restore_items_flow
+        from flows.runtime import run_flow
+
         found = self.step(
-            "Find the mail message 'Quarterly numbers #42'",
-            lambda: ops.find(self.settings, "mail:<demo-42@example.com>"),
+            "Find the mail message 'Quarterly numbers #42' across all backups",
+            lambda: ops.find(self.settings, "Quarterly numbers #42"),
         )
-        item = found[0]["item"] if found else "mail:<demo-42@example.com>"
+        self.note(f"in {', '.join(row['backup'] for row in found)} as {found[0]['item']}")
         result = self.step(
-            f"Restore it as an .eml file from {backup}",
-            lambda: restore_items(self.settings, backup, [item], self.root / "mail"),
+            f"Restore it from {backup} as an .eml file, reading only the chunks that hold it",
+            lambda: run_flow(
+                restore_items_flow,
+                backup,
+                [found[0]["item"]],
+                str(self.root / "mail"),
+                False,
+                self.store,
+            ),
         )
-        self.note(f"{result.bytes_written:,} bytes written")
+        self.note(f"{result.bytes_written:,} bytes written, {result.bytes_fetched:,} fetched")
         return bool(result.items)
 
     def _summary(

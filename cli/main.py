@@ -199,6 +199,7 @@ def backup(
     if not rows:
         state.out.say(f"every checkpoint of {name} is backed up already")
     columns = ["id", "type", "checkpoint", "bytes_read", "bytes_stored", "files_indexed"]
+    columns += ["items_indexed"] if any(r["items_indexed"] for r in rows) else []
     state.out.table({"backups": rows}, rows, columns)
 
 
@@ -315,7 +316,7 @@ def demo(
         raise typer.Exit(1)
 
 
-# --- the file catalog: ls, find (read-only: no Prefect), restore file (a flow) ---------------
+# --- the catalog: ls, find (read-only: no Prefect), restore file and item (flows) ------------
 
 
 @app.command("ls")
@@ -340,14 +341,23 @@ def find_cmd(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most N results (0: all).")] = 10_000,
 ) -> None:
-    """Search every backup of every machine: a glob on the name (no '/') or the whole path.
-    Each file's versions are listed together, oldest first."""
+    """Search every backup of every machine: a glob on the name (no '/') or the whole path,
+    and on application items: their name (mail:MESSAGE-ID, sqlite:PATH:TABLE,
+    postgres:DATABASE[.SCHEMA.TABLE]; then only items), or a mail's Message-ID, subject or
+    sender, or a table's name. Each file's versions are listed together, oldest first."""
     from r2b.ops import find
 
     rows = find(state.settings, pattern, machine, limit)
     if limit and len(rows) >= limit:
         state.out.say(f"showing the first {limit} matches; narrow PATTERN or raise --limit")
-    state.out.table(rows, rows, ["backup", "path", "size", "mtime", "type"])
+    human = [
+        {**r, "path": r.get("path") or r.get("item"), "type": r.get("type") or r.get("kind")}
+        for r in rows
+    ]
+    columns = ["backup", "path", "size", "mtime", "type"]
+    if any(r.get("subject") for r in rows):
+        columns.append("subject")
+    state.out.table(rows, human, columns)
 
 
 @restore_app.command("file")
@@ -380,6 +390,37 @@ def restore_file_cmd(
         f"bytes ({result.chunks_fetched} chunks)"
     ]
     lines += [f"skipped {s['path']}: {s['reason']}" for s in result.skipped]
+    state.out.document(doc, "\n".join(lines))
+
+
+@restore_app.command("item")
+def restore_item_cmd(
+    backup_ref: Annotated[str, typer.Argument(metavar="BACKUP")],
+    items: Annotated[list[str], typer.Argument(metavar="ITEM...")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to write the items into.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace files that already exist.")
+    ] = False,
+) -> None:
+    """Restore application items: mail:MESSAGE-ID as an .eml file, sqlite:PATH:TABLE as SQL,
+    postgres:DATABASE[.SCHEMA.TABLE] as pg_dump output (globs allowed)."""
+    from flows.backup import restore_items_flow
+    from flows.runtime import run_flow
+
+    with _reporting():
+        result = run_flow(
+            restore_items_flow,
+            backup_ref,
+            items,
+            str(to.absolute()),
+            overwrite,
+            state.settings.store_url,
+        )
+    doc = result.model_dump()
+    lines = [f"{i['item']} -> {i['file']} ({i['bytes']} bytes)" for i in result.items]
+    lines.append(
+        f"restored {len(result.items)} items ({result.bytes_written} bytes) into {result.to}"
+    )
     state.out.document(doc, "\n".join(lines))
 
 

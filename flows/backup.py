@@ -13,12 +13,14 @@ from tasks.images import (
     prune_backups,
     restore_disk,
     restore_files,
+    restore_items,
     verify_backups,
 )
 from tasks.summaries import (
     BackupSummary,
     DiskImage,
     FileRestoreSummary,
+    ItemRestoreSummary,
     PruneSummary,
     VerifySummary,
 )
@@ -52,6 +54,15 @@ def restore_files_flow(
     """Restore files and folders (globs allowed) of a backup into folder ``to``, reading only
     the chunks that hold them."""
     return call(restore_files, Settings.from_env(store), backup, paths, to, overwrite)
+
+
+@flow(name="restore-items")
+def restore_items_flow(
+    backup: str, items: list[str], to: str, overwrite: bool = False, store: str | None = None
+) -> ItemRestoreSummary:
+    """Restore application items of a backup into folder ``to``: a mail message as ``.eml``, a
+    SQLite table as SQL, a PostgreSQL database or table as ``pg_dump`` output."""
+    return call(restore_items, Settings.from_env(store), backup, items, to, overwrite)
 
 
 @flow(name="verify")

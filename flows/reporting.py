@@ -25,6 +25,7 @@ def publish_backups(backups: list[BackupSummary]) -> None:
             "bytes_stored": b.bytes_stored,
             "bytes_deduplicated": b.bytes_deduplicated,
             "files_indexed": b.files_indexed,
+            "items_indexed": b.items_indexed,
             "wan_bytes_sent_for_backup": 0,
             "wan_bytes_saved": b.bytes_stored,
         }

@@ -13,7 +13,9 @@ are translated into these types at the boundary where they occur.
     ├── NotFound(key)                 an object / machine / checkpoint does not exist
     │   ├── UnknownMachine(name)
     │   ├── PathNotInBackup(backup, path)
-    │   └── NoCatalog(backup)             the backup has no file catalog
+    │   ├── NoCatalog(backup)             the backup has no file catalog
+    │   ├── ItemNotInBackup(backup, item) no application item of that name in the backup
+    │   └── NoItems(backup, reason)       the backup has no application items catalogued
     ├── StoreError                    the object store failed
     │   ├── TransientStoreError       worth retrying (timeouts, 5xx, throttling)
     │   │   └── StoreUnreachable(url)
@@ -29,6 +31,10 @@ are translated into these types at the boundary where they occur.
     │   └── CatalogBusy(path)             another process holds the catalog database
     ├── CheckpointTimeout(machine, checkpoint, seconds)
     ├── QuiesceError(target, reason)  freezing or thawing failed
+    ├── ItemsUnavailable(what, reason)  application items could not be catalogued (recorded in
+    │                                   the manifest while building; never fails a backup)
+    ├── ItemRestoreError(item, reason)  an application item could not be restored
+    │   └── ToolMissing(item, tool, hint)   a program the restore needs is not installed
     └── LocalWriteError(path, reason) writing restored files on this host failed
 """
 
@@ -95,6 +101,22 @@ class NoCatalog(NotFound):
         super().__init__(backup, "file catalog")
         self.backup = backup
         self.args = (f"backup {backup} has no file catalog (built before catalogs existed)",)
+
+
+class ItemNotInBackup(NotFound):
+    def __init__(self, backup: str, item: str) -> None:
+        super().__init__(f"{backup}:{item}", "item")
+        self.backup = backup
+        self.item = item
+        self.args = (f"item {item!r} is not in backup {backup} (look for it with 'r2b find')",)
+
+
+class NoItems(NotFound):
+    def __init__(self, backup: str, reason: str) -> None:
+        super().__init__(backup, "application item catalog")
+        self.backup = backup
+        self.reason = reason
+        self.args = (f"backup {backup} has no application items: {reason}",)
 
 
 class UnknownMachine(NotFound):
@@ -219,6 +241,34 @@ class QuiesceError(R2BError):
         self.target = target
         self.reason = reason
         super().__init__(f"could not quiesce {target}: {reason}")
+
+
+class ItemsUnavailable(R2BError):
+    """Application items could not be catalogued while building a backup (the manifest's
+    catalog records why; the backup itself is complete)."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what}: {reason}")
+
+
+class ItemRestoreError(R2BError):
+    """Restoring an application item failed: its database would not open, a dump failed..."""
+
+    def __init__(self, item: str, reason: str) -> None:
+        self.item = item
+        self.reason = reason
+        super().__init__(f"could not restore {item}: {reason}")
+
+
+class ToolMissing(ItemRestoreError):
+    """A program the restore needs (``pg_dump``, ``pg_ctl``...) is not installed here."""
+
+    def __init__(self, item: str, tool: str, hint: str) -> None:
+        super().__init__(item, f"{tool} is not installed here ({hint})")
+        self.tool = tool
+        self.hint = hint
 
 
 class LocalWriteError(R2BError):

@@ -36,6 +36,7 @@ from r2b.policy import next_backup_type
 from r2b.progress import progress
 from r2b.quiesce import DEFAULT_MAX_FREEZE_S, FrozenWindow, disk_mounts
 from r2b.restore.files import FileRestoreResult
+from r2b.restore.items import ItemRestoreResult
 from r2b.store import CountingStore, ObjectStore, open_store
 
 HOME_ENV = "R2B_HOME"
@@ -264,7 +265,7 @@ def prune(
     return image_prune(settings.open(), policy, keep_failover, clock)
 
 
-# --- the file catalog: browse, search, restore files ------------------------------------------
+# --- the catalog: browse, search, restore files and application items ---------------------------
 
 
 def ls(settings: Settings, backup_ref: str, path: str = "/") -> list[dict[str, Any]]:
@@ -280,12 +281,23 @@ def ls(settings: Settings, backup_ref: str, path: str = "/") -> list[dict[str, A
 def find(
     settings: Settings, pattern: str, machine: str | None = None, limit: int = 10_000
 ) -> list[dict[str, Any]]:
-    """Every version of every entry matching ``pattern`` across all backups (all machines,
-    or ``machine``'s), from the catalog."""
+    """Every version of every entry, and every copy of every application item, matching
+    ``pattern`` across all backups (all machines, or ``machine``'s), from the catalog."""
     from catalog.db import synced
 
     with synced(settings.home, settings.open()) as db:
         return db.find(pattern, machine, limit)
+
+
+def restore_items(
+    settings: Settings, backup_ref: str, items: Sequence[str], to: Path, overwrite: bool = False
+) -> ItemRestoreResult:
+    """Restore application items (a mail message, a table) of a backup into folder ``to``."""
+    from r2b.restore.items import restore_items as items_restore
+
+    store = settings.open()
+    manifest = load_backup(store, backup_ref)
+    return items_restore(store, manifest, items, to, overwrite)
 
 
 def restore_files(

@@ -13,6 +13,7 @@ from tasks.summaries import (
     BackupSummary,
     DiskImage,
     FileRestoreSummary,
+    ItemRestoreSummary,
     PruneSummary,
     VerifySummary,
 )
@@ -51,3 +52,10 @@ def restore_files(
     settings: ops.Settings, backup: str, paths: list[str], to: str, overwrite: bool
 ) -> FileRestoreSummary:
     return FileRestoreSummary.of(ops.restore_files(settings, backup, paths, Path(to), overwrite))
+
+
+@task(name="restore-items")
+def restore_items(
+    settings: ops.Settings, backup: str, items: list[str], to: str, overwrite: bool
+) -> ItemRestoreSummary:
+    return ItemRestoreSummary.of(ops.restore_items(settings, backup, items, Path(to), overwrite))

@@ -12,6 +12,7 @@ from r2b.journal.failover import Materialised
 from r2b.journal.replicator import CycleResult
 from r2b.machines import MachineSpec
 from r2b.restore.files import FileRestoreResult
+from r2b.restore.items import ItemRestoreResult
 
 
 class MachineSummary(BaseModel):
@@ -76,6 +77,7 @@ class BackupSummary(BaseModel):
     bytes_deduplicated: int
     chunks_new: int
     files_indexed: int
+    items_indexed: int = 0
     built: bool = True
 
     @staticmethod
@@ -94,6 +96,7 @@ class BackupSummary(BaseModel):
             bytes_deduplicated=sum(d.bytes_deduplicated for d in images),
             chunks_new=sum(d.chunks_new for d in images),
             files_indexed=int(catalog.get("files", 0)),
+            items_indexed=int((catalog.get("items") or {}).get("count", 0)),
             built=built,
         )
 
@@ -132,3 +135,21 @@ class FileRestoreSummary(BaseModel):
         doc = dataclasses.asdict(result)
         doc["to"] = str(result.to)
         return FileRestoreSummary(**doc)
+
+
+class ItemRestoreSummary(BaseModel):
+    """What ``restore item`` wrote: one file per item, and the bytes."""
+
+    to: str
+    items: list[dict[str, Any]]
+    bytes_written: int
+    bytes_fetched: int
+
+    @staticmethod
+    def of(result: ItemRestoreResult) -> ItemRestoreSummary:
+        return ItemRestoreSummary(
+            to=str(result.to),
+            items=result.items,
+            bytes_written=result.bytes_written,
+            bytes_fetched=result.bytes_fetched,
+        )

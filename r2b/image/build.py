@@ -17,7 +17,9 @@ the chunks already indexed.
 
 The catalog (``r2b.mount.indexer``) is extracted by *mounting* each disk's replica snapshot:
 its partition table and filesystems are read in place through the block map, metadata blocks
-only, without a copy; a filesystem that cannot be read is reported, never fatal.
+only, without a copy; a filesystem that cannot be read is reported, never fatal. At an
+application-consistent checkpoint the application items (``r2b.apps.items``) follow, from the
+metadata file the checkpoint mark names, read from the snapshot as well.
 """
 
 from __future__ import annotations
@@ -108,13 +110,16 @@ def build_backup(
         writer = ChunkWriter(store)
         disks = {}
         indexer = CatalogBuilder(store, bid, machine.name, len(machine.disks)) if catalog else None
+        snapshots = _Snapshots(journal, machine, commit.seq)
         for disk in machine.disks:
-            bmap = journal.block_map(disk.id, disk.size, disk.block_size, commit.seq)
+            bmap = snapshots.layout(disk.id)
             since = parent.seq if (kind == "incremental" and parent) else None
             disks[disk.id] = _build_disk(store, bid, disk, bmap, since, chunks, writer, progress)
             if indexer is not None:
                 indexer.add_disk(disk.id, bmap)
         writer.flush()
+        if indexer is not None and commit.checkpoint.app_metadata:
+            indexer.add_items(commit.checkpoint.app_metadata, snapshots.layout)
         catalog_doc = indexer.finish() if indexer is not None else None
         manifest = Manifest(
             bid,
@@ -132,6 +137,26 @@ def build_backup(
         if not store.put_if_absent(manifest_key(bid), manifest.to_json()):
             return BuildResult(_existing(store, bid) or manifest, False)
     return BuildResult(manifest, True)
+
+
+class _Snapshots:
+    """The replica snapshot of each disk at a cycle, one block map in memory at a time (block
+    maps are the build's largest memory; the application items read the metadata's disk
+    again after every disk was imaged)."""
+
+    def __init__(self, journal: Journal, machine: MachineSpec, seq: int) -> None:
+        self.journal = journal
+        self.machine = machine
+        self.seq = seq
+        self._last: tuple[str, BlockMap] | None = None
+
+    def layout(self, disk: str) -> BlockMap:
+        if self._last is not None and self._last[0] == disk:
+            return self._last[1]
+        spec = self.machine.disk(disk)
+        bmap = self.journal.block_map(spec.id, spec.size, spec.block_size, self.seq)
+        self._last = (disk, bmap)
+        return bmap
 
 
 def _existing(store: ObjectStore, bid: BackupId) -> Manifest | None:

@@ -35,11 +35,22 @@ checkpoint twice finds the manifest and does nothing more. The manifest is JSON:
                                  "indexed": true, "files": 1200},
                                 {"disk": "disk0", "partition": "p2", "path": "/p2", "fs": null,
                                  "indexed": false, "reason": "Cannot determine file system type",
-                                 "files": 0}]}}
+                                 "files": 0}],
+                 "items": {"format": "r2b.items", "version": 1,
+                           "key": "backups/.../items.parquet" | null, "count": 2650,
+                           "bytes_read": .., "seconds": ..,
+                           "apps": [{"spec": "maildir:/home/alice/Maildir", "kind": "maildir",
+                                     "indexed": true, "items": 2607},
+                                    {"spec": "sqlite:/srv/app/orders.db", "kind": "sqlite",
+                                     "indexed": false, "items": 0, "reason": "..."}],
+                           "reason": "..." (only when no item could be catalogued at all)}}}
 
 ``catalog`` is null for a backup built without one. The catalog is written after the image
 indexes and before the manifest: it is part of the backup, and a filesystem that cannot be
 read makes a partition ``indexed: false`` with its reason, never a failed backup.
+``catalog.items`` is there only for an application-consistent checkpoint (the item catalog of
+``catalog/items.py``, built by ``r2b.apps.items``); a failure to catalog items is recorded in
+it, never a failed backup either.
 """
 
 from __future__ import annotations
