@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import GiB, MiB, make_mixed_image, median_time, read_hash_ceiling, scatter_change
+from bench.common import GiB, make_mixed_image, median_time, read_hash_ceiling, scatter_change
 from r2b import ops
+from r2b.journal.format import DEFAULT_BLOCK_SIZE
 from r2b.ops import Settings
 
 
@@ -73,7 +74,7 @@ def run(root: Path, size: int, runs: int) -> dict[str, object]:
             "seconds": round(seconds, 2),
         }
     result["peak_rss_MiB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    result["note"] = f"random 4 KiB writes; tracking block {64 * 1024 // 1024} KiB; {MiB} B = 1 MiB"
+    result["note"] = f"random 4 KiB writes; tracking block {DEFAULT_BLOCK_SIZE // 1024} KiB"
     return result
 
 
