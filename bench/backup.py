@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from typing import Any
 import blake3
 import zstandard
 
-from bench.common import GiB, MiB, scatter_change
+from bench.common import GiB, MiB, restic_runner, scatter_change
 from bench.realistic import make_realistic_ext4
 from r2b import ops
 
@@ -105,15 +104,7 @@ def r2b_side(root: Path, disk: Path) -> dict[str, Any]:
 
 def restic_side(root: Path, disk: Path, change_seed: int) -> dict[str, Any]:
     repo = root / "restic-repo"
-    env = {
-        **os.environ,
-        "RESTIC_PASSWORD": "bench",
-        "RESTIC_REPOSITORY": str(repo),
-        "RESTIC_CACHE_DIR": str(root / "restic-cache"),
-    }
-
-    def restic(*args: str) -> None:
-        subprocess.run(["restic", "--quiet", *args], env=env, check=True, capture_output=True)
+    restic = restic_runner(root)
 
     restic("init")
     out: dict[str, Any] = {}

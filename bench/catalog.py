@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import MiB
+from bench.common import MiB, restic_runner
 from catalog.db import synced
 from catalog.parquet import catalog_bytes, catalog_partitions, read_catalog
 from r2b import ops
@@ -209,15 +209,7 @@ def single_file_restore(
 def restic_single_file(root: Path, image: Path, picks: dict[str, int]) -> dict[str, Any]:
     """What a user does today: restic holds the disk image; restore it whole, then extract."""
     repo = root / "restic-repo"
-    env = {
-        **os.environ,
-        "RESTIC_PASSWORD": "bench",
-        "RESTIC_REPOSITORY": str(repo),
-        "RESTIC_CACHE_DIR": str(root / "restic-cache"),
-    }
-
-    def restic(*args: str) -> None:
-        subprocess.run(["restic", "--quiet", *args], env=env, check=True, capture_output=True)
+    restic = restic_runner(root)
 
     restic("init")
     restic("backup", str(image))

@@ -70,3 +70,20 @@ def read_hash_ceiling(path: Path, threads: int = 2, chunk: int = 4 * MiB) -> flo
         return time.perf_counter() - started
     finally:
         os.close(fd)
+
+
+def restic_runner(root: Path) -> Callable[..., None]:
+    """A function running restic on a fresh repository under ``root`` (the peer tool)."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "RESTIC_PASSWORD": "bench",
+        "RESTIC_REPOSITORY": str(root / "restic-repo"),
+        "RESTIC_CACHE_DIR": str(root / "restic-cache"),
+    }
+
+    def restic(*args: str) -> None:
+        subprocess.run(["restic", "--quiet", *args], env=env, check=True, capture_output=True)
+
+    return restic

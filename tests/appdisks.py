@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from r2b import ops, quiesce
 from tests.disks import loop_mount, tool
@@ -116,3 +116,38 @@ def write_completes(mount: Path, timeout_s: float = 3.0) -> bool:
 def thaw_quietly(mount: Path) -> None:
     """``fsfreeze -u`` (a no-op on a filesystem that is not frozen): cleanup after a failure."""
     subprocess.run([tool("fsfreeze"), "-u", str(mount)], capture_output=True, check=False)
+
+
+class BackgroundLoad:
+    """An application writing from a thread: ``commits[i] = (id, sent, returned)`` with
+    ``time.monotonic()`` taken just before a write was sent and just after it returned,
+    ``sent`` the start time of every attempt, ``error`` what stopped it. Subclasses define
+    ``_run`` (and call ``super().__init__(name)``)."""
+
+    def __init__(self, name: str) -> None:
+        self.commits: list[tuple[int, float, float]] = []
+        self.sent: dict[int, float] = {}
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def wait_for(self, more: int, timeout_s: float = 30.0) -> None:
+        """Until ``more`` further writes have been committed."""
+        target = len(self.commits) + more
+        deadline = time.monotonic() + timeout_s
+        while len(self.commits) < target:
+            assert self.error is None, f"the load failed: {self.error!r}"
+            assert time.monotonic() < deadline, f"the load stalled at {len(self.commits)} writes"
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the load did not stop"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from r2b.journal.format import BackupType
 from r2b.journal.replicator import CycleResult
 from r2b.journal.snapshot import Journal
 from tests import pg
-from tests.appdisks import FreezeWatch, Window, restored_mount
+from tests.appdisks import BackgroundLoad, FreezeWatch, Window, restored_mount
 from tests.disks import can_loop_mount, e2fsck, loop_mount, make_ext4_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -48,7 +47,7 @@ CRASH = "db1-crash"
 PAYLOAD = "r2b-" * 50  # 200 bytes a row
 
 
-class InsertLoad:
+class InsertLoad(BackgroundLoad):
     """One connection inserting rows ``1, 2, 3, ...``, each in its own committed transaction.
 
     ``commits[i] = (id, sent, returned)`` with ``time.monotonic()`` taken just before the
@@ -56,12 +55,8 @@ class InsertLoad:
     """
 
     def __init__(self, server: pg.PgServer) -> None:
+        super().__init__("insert-load")
         self.server = server
-        self.commits: list[tuple[int, float, float]] = []
-        self.sent: dict[int, float] = {}  # every id sent, committed or not
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="insert-load", daemon=True)
 
     def _run(self) -> None:
         try:
@@ -77,24 +72,6 @@ class InsertLoad:
                     next_id += 1
         except BaseException as e:  # reported by the test, never swallowed
             self.error = e
-
-    def start(self) -> InsertLoad:
-        self._thread.start()
-        return self
-
-    def wait_for(self, more: int, timeout_s: float = 30.0) -> None:
-        """Until ``more`` further rows have been committed."""
-        target = len(self.commits) + more
-        deadline = time.monotonic() + timeout_s
-        while len(self.commits) < target:
-            assert self.error is None, f"the insert load failed: {self.error!r}"
-            assert time.monotonic() < deadline, f"the load stalled at {len(self.commits)} rows"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "the insert load did not stop"
 
     def returned_before(self, moment: float) -> set[int]:
         return {i for i, _, returned in self.commits if returned < moment}

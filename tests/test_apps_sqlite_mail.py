@@ -41,7 +41,7 @@ from r2b import ops
 from r2b.apps import sqlite as app_sqlite
 from r2b.errors import QuiesceError
 from r2b.journal.replicator import CycleResult
-from tests.appdisks import FreezeWatch, Window, restored_mount
+from tests.appdisks import BackgroundLoad, FreezeWatch, Window, restored_mount
 from tests.disks import can_loop_mount, loop_mount, make_ext4_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -96,7 +96,7 @@ def make_mbox(path: Path) -> None:
             f.write(message_template("mbox").replace(b"@N@", str(i).encode()) + b"\n")
 
 
-class SqliteWriter:
+class SqliteWriter(BackgroundLoad):
     """Inserts rows into ``orders`` one committed transaction at a time, from a thread.
 
     ``commits[i] = (rowid, sent, returned)`` (``time.monotonic()``); ``sent`` holds the time
@@ -107,13 +107,9 @@ class SqliteWriter:
     """
 
     def __init__(self, path: Path, pause_s: float = 0.001) -> None:
+        super().__init__("sqlite-writer")
         self.path = path
         self.pause_s = pause_s
-        self.commits: list[tuple[int, float, float]] = []
-        self.sent: dict[int, float] = {}
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
 
     def _run(self) -> None:
         try:
@@ -134,23 +130,6 @@ class SqliteWriter:
                 conn.close()
         except BaseException as e:  # reported by the test
             self.error = e
-
-    def start(self) -> SqliteWriter:
-        self._thread.start()
-        return self
-
-    def wait_for(self, more: int, timeout_s: float = 30.0) -> None:
-        target = len(self.commits) + more
-        deadline = time.monotonic() + timeout_s
-        while len(self.commits) < target:
-            assert self.error is None, f"the writer failed: {self.error!r}"
-            assert time.monotonic() < deadline, f"the writer stalled at {len(self.commits)} rows"
-            time.sleep(0.005)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "the writer did not stop"
 
 
 def make_database(path: Path) -> None:
