@@ -18,6 +18,7 @@ all: test
 sysdeps:
 	@missing=""; for pair in $(DEB_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	test -x /usr/lib/postgresql/15/bin/initdb || missing="$$missing postgresql-15"; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
@@ -41,7 +42,8 @@ demo: sysdeps venv
 	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/r2b demo
 
 bench: sysdeps venv
-	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/python -m bench.replicate
+	for b in replicate blocksize backup catalog freeze; do \
+	  PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/python -m bench.$$b --dir /var/tmp || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -59,8 +59,9 @@ def scan_and_change(root: Path, image: Path, block_size: int) -> dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-gib", type=float, default=1.0)
+    parser.add_argument("--dir", default=None, help="folder for the images")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="r2b-blocksize-"))
+    root = Path(tempfile.mkdtemp(prefix="r2b-blocksize-", dir=args.dir))
     try:
         image = root / "image.img"
         make_mixed_image(image, int(args.size_gib * GiB))
