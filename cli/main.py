@@ -115,14 +115,22 @@ def replicate(
     watch: Annotated[
         float | None, typer.Option("--watch", help="Keep replicating every SECONDS.")
     ] = None,
+    changed_extents: Annotated[
+        Path | None,
+        typer.Option(
+            "--changed-extents",
+            help='JSON {"disk0": [[offset, length], ...]} from change tracking: read only those.',
+        ),
+    ] = None,
 ) -> None:
     """One replication cycle (or one every --watch SECONDS until interrupted)."""
     from flows.replicate import replicate_flow
     from flows.runtime import run_flow, run_long_flow
 
+    extents = _read_extents(changed_extents) if changed_extents else None
     runner = run_flow if watch is None else run_long_flow
     with _reporting():
-        results = runner(replicate_flow, name, state.settings.store_url, watch)
+        results = runner(replicate_flow, name, state.settings.store_url, watch, None, extents)
     last = results[-1]
     doc = last.model_dump()
     state.out.document(
@@ -130,6 +138,20 @@ def replicate(
         f"cycle {last.seq}: {last.blocks_changed} blocks changed "
         f"({last.bytes_changed} bytes), {last.bytes_uploaded} bytes uploaded",
     )
+
+
+def _read_extents(path: Path) -> dict[str, list[tuple[int, int]]]:
+    import json
+
+    from r2b.errors import BadInput
+
+    try:
+        doc = json.loads(path.read_text())
+        return {str(disk): [(int(o), int(n)) for o, n in spans] for disk, spans in doc.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise BadInput(
+            f'{path}: not a changed-extents file ({{"disk0": [[offset, length], ...]}}): {e}'
+        ) from None
 
 
 @app.command()

@@ -20,10 +20,15 @@ def replicate_flow(
     store: str | None = None,
     watch_seconds: float | None = None,
     cycles: int | None = None,
+    changed_extents: dict[str, list[tuple[int, int]]] | None = None,
 ) -> list[CycleSummary]:
-    """One replication cycle, or one every ``watch_seconds`` (``cycles`` times, or forever)."""
+    """One replication cycle, or one every ``watch_seconds`` (``cycles`` times, or forever).
+
+    ``changed_extents`` ({disk: [(offset, length), ...]}, from a hypervisor's change
+    tracking) narrows the first cycle to those byte ranges; later ones scan the disks.
+    """
     settings = Settings.from_env(store)
-    results = [call(replicate_cycle, settings, machine)]
+    results = [call(replicate_cycle, settings, machine, changed_extents)]
     while watch_seconds is not None and (cycles is None or len(results) < cycles):
         time.sleep(watch_seconds)
         results.append(call(replicate_cycle, settings, machine))

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import task
 
 from r2b import ops
+from r2b.ids import DiskId
 from r2b.journal.format import BackupType
 from tasks.summaries import CycleSummary, DiskImage, MachineSummary
 
@@ -21,8 +22,11 @@ def register_machine(
 # A cycle is idempotent until its commit (nothing is visible before), so a transient failure
 # is safely retried: the retry starts again from the last commit.
 @task(name="replicate-cycle", retries=2, retry_delay_seconds=2)
-def replicate_cycle(settings: ops.Settings, machine: str) -> CycleSummary:
-    return CycleSummary.of(ops.replicate(settings, machine))
+def replicate_cycle(
+    settings: ops.Settings, machine: str, changed: dict[str, list[tuple[int, int]]] | None = None
+) -> CycleSummary:
+    extents = {DiskId(d): e for d, e in changed.items()} if changed is not None else None
+    return CycleSummary.of(ops.replicate(settings, machine, extents))
 
 
 # Not retried automatically: it freezes filesystems, and the operator should see why it failed.

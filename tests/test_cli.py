@@ -308,3 +308,31 @@ def test_usage_errors_are_reported_without_a_traceback(tmp_path: Path) -> None:
         )
         assert run.returncode == 2, (args, run.stderr)
         assert "Traceback" not in run.stderr and "Error:" in run.stderr, run.stderr
+
+
+def test_replicate_with_changed_extents_from_change_tracking(tmp_path: Path) -> None:
+    """Extents handed in (as a hypervisor's change tracking would) narrow what is read."""
+    disk = tmp_path / "cbt.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    env = {**os.environ, "R2B_HOME": str(tmp_path / "home")}
+
+    def r2b(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(R2B), "--json", *args], env=env, capture_output=True, text=True)
+
+    assert r2b("machine", "add", "cbt", "--disk", str(disk)).returncode == 0
+    assert r2b("replicate", "cbt").returncode == 0
+    with open(disk, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(os.urandom(10_000))  # inside the extent handed in
+        f.seek(5 << 20)
+        f.write(os.urandom(10_000))  # outside it: not read this cycle
+    extents = tmp_path / "extents.json"
+    extents.write_text(json.dumps({"disk0": [[1 << 20, 10_000]]}))
+    run = r2b("replicate", "cbt", "--changed-extents", str(extents))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["blocks_changed"] == 1
+    extents.write_text("{not json")
+    bad = r2b("replicate", "cbt", "--changed-extents", str(extents))
+    assert bad.returncode == 1 and "not a changed-extents file" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
