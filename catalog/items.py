@@ -34,17 +34,15 @@ application gave, or why not) in its schema metadata.
 
 from __future__ import annotations
 
-import io
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from catalog.parquet import parquet_bytes, read_parquet
 from catalog.schema import TIME_TYPE
-from r2b.errors import CorruptData
+from r2b.restore.select import glob_text_regex
 
 ITEMS_FORMAT = "r2b.items"
 ITEMS_VERSION = 1
@@ -103,25 +101,12 @@ def items_bytes(table: pa.Table, backup: str, apps: list[dict[str, Any]]) -> byt
         "backup": backup,
         "apps": json.dumps(apps, sort_keys=True),
     }
-    sink = io.BytesIO()
-    table = table.cast(ITEMS_SCHEMA).replace_schema_metadata(meta)
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    return parquet_bytes(table, ITEMS_SCHEMA, meta)
 
 
 def read_items(data: bytes, key: str, columns: list[str] | None = None) -> pa.Table:
     """The item table in ``data`` (object ``key``); ``CorruptData`` if it is not one."""
-    try:
-        table = pq.read_table(pa.BufferReader(data), columns=columns)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise CorruptData(f"item catalog {key} is unreadable: {e}") from e
-    meta = table.schema.metadata or {}
-    if (
-        meta.get(b"format") != ITEMS_FORMAT.encode()
-        or meta.get(b"version") != str(ITEMS_VERSION).encode()
-    ):
-        raise CorruptData(f"{key} is not a version-{ITEMS_VERSION} {ITEMS_FORMAT} file")
-    return table
+    return read_parquet(data, key, ITEMS_FORMAT, ITEMS_VERSION, columns)
 
 
 # --- names and patterns -------------------------------------------------------------------------
@@ -140,37 +125,8 @@ def is_item_name(text: str) -> bool:
 
 def item_glob_regex(pattern: str) -> str:
     """An anchored regular expression (Python ``re`` and DuckDB's RE2 alike) for a glob over
-    item names, subjects and senders: ``*`` any run of characters (``/`` and ``:`` too), ``?``
-    one, ``[...]`` a class (``[!...]`` negated); everything else literal."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        end = _class_end(pattern, i) if c == "[" else -1
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif end > 0:
-            body = pattern[i + 1 : end]
-            negate = body.startswith("!")
-            body = body[1:] if negate else body
-            escaped = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
-            out.append(f"[{'^' if negate else ''}{escaped}]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "^" + "".join(out) + "$"
-
-
-def _class_end(pattern: str, start: int) -> int:
-    i = start + 1
-    if i < len(pattern) and pattern[i] == "!":
-        i += 1
-    if i < len(pattern) and pattern[i] == "]":
-        i += 1
-    return pattern.find("]", i)
+    item names, subjects and senders: ``*`` any run of characters (``/`` and ``:`` too)."""
+    return "^" + glob_text_regex(pattern, within_component=False) + "$"
 
 
 def has_item_glob(pattern: str) -> bool:

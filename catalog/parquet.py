@@ -18,6 +18,31 @@ from catalog.schema import CATALOG_FORMAT, CATALOG_SCHEMA, CATALOG_VERSION
 from r2b.errors import CorruptData
 
 
+def parquet_bytes(
+    table: pa.Table, schema: pa.Schema, meta: dict[str, str], row_group_size: int = 256 * 1024
+) -> bytes:
+    """``table`` cast to ``schema`` as a zstd Parquet file whose schema metadata is ``meta``
+    (which names its ``format`` and ``version``)."""
+    table = table.cast(schema).replace_schema_metadata(meta)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
+    return sink.getvalue()
+
+
+def read_parquet(
+    data: bytes, key: str, fmt: str, version: int, columns: list[str] | None = None
+) -> pa.Table:
+    """The ``fmt`` table in ``data`` (object ``key``); ``CorruptData`` if it is not one."""
+    try:
+        table = pq.read_table(pa.BufferReader(data), columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise CorruptData(f"{fmt} {key} is unreadable: {e}") from e
+    meta = table.schema.metadata or {}
+    if meta.get(b"format") != fmt.encode() or meta.get(b"version") != str(version).encode():
+        raise CorruptData(f"{key} is not a version-{version} {fmt} file")
+    return table
+
+
 def catalog_bytes(table: pa.Table, backup: str, partitions: list[dict[str, Any]]) -> bytes:
     """The Parquet file of ``table`` (``CATALOG_SCHEMA``, sorted by path)."""
     meta = {
@@ -26,23 +51,12 @@ def catalog_bytes(table: pa.Table, backup: str, partitions: list[dict[str, Any]]
         "backup": backup,
         "partitions": json.dumps(partitions, sort_keys=True),
     }
-    table = table.cast(CATALOG_SCHEMA).replace_schema_metadata(meta)
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", row_group_size=256 * 1024)
-    return sink.getvalue()
+    return parquet_bytes(table, CATALOG_SCHEMA, meta)
 
 
 def read_catalog(data: bytes, key: str, columns: list[str] | None = None) -> pa.Table:
     """The catalog table in ``data`` (object ``key``); ``CorruptData`` if it is not one."""
-    try:
-        table = pq.read_table(pa.BufferReader(data), columns=columns)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise CorruptData(f"catalog {key} is unreadable: {e}") from e
-    meta = table.schema.metadata or {}
-    fmt, version = meta.get(b"format"), meta.get(b"version")
-    if fmt != CATALOG_FORMAT.encode() or version != str(CATALOG_VERSION).encode():
-        raise CorruptData(f"{key} is not a version-{CATALOG_VERSION} {CATALOG_FORMAT} file")
-    return table
+    return read_parquet(data, key, CATALOG_FORMAT, CATALOG_VERSION, columns)
 
 
 def catalog_partitions(table: pa.Table) -> list[dict[str, Any]]:

@@ -54,20 +54,29 @@ def glob_regex(pattern: str) -> str:
 
 
 def _component_regex(component: str) -> str:
+    return glob_text_regex(component, within_component=True)
+
+
+def glob_text_regex(text: str, within_component: bool) -> str:
+    """The (unanchored) regular expression of a glob: ``*`` a run of characters, ``?`` one,
+    ``[...]`` a class (``[!...]`` negated), everything else literal. ``within_component``
+    keeps all three from matching ``/`` (path globs); otherwise they match anything (item
+    names). Valid for Python's ``re`` and DuckDB's RE2 alike."""
+    anything = "[^/]" if within_component else "."
     out: list[str] = []
     i = 0
-    while i < len(component):
-        c = component[i]
+    while i < len(text):
+        c = text[i]
         if c == "*":
-            out.append("[^/]*")
+            out.append(anything + "*")
         elif c == "?":
-            out.append("[^/]")
-        elif c == "[" and (end := _class_end(component, i)) > 0:
-            body = component[i + 1 : end]
+            out.append(anything)
+        elif c == "[" and (end := _class_end(text, i)) > 0:
+            body = text[i + 1 : end]
             negate = body.startswith("!")
             body = body[1:] if negate else body
             escaped = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
-            out.append(f"[{'^/' if negate else ''}{escaped}]")
+            out.append(f"[{('^/' if within_component else '^') if negate else ''}{escaped}]")
             i = end
         else:
             out.append(re.escape(c))
