@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from catalog.schema import CATALOG_FORMAT, CATALOG_SCHEMA, CATALOG_VERSION
 from r2b.errors import CorruptData
+from r2b.tables import check_format
 
 
 def parquet_bytes(
@@ -37,10 +38,7 @@ def read_parquet(
         table = pq.read_table(pa.BufferReader(data), columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise CorruptData(f"{fmt} {key} is unreadable: {e}") from e
-    meta = table.schema.metadata or {}
-    if meta.get(b"format") != fmt.encode() or meta.get(b"version") != str(version).encode():
-        raise CorruptData(f"{key} is not a version-{version} {fmt} file")
-    return table
+    return check_format(table, key, fmt, version)
 
 
 def catalog_bytes(table: pa.Table, backup: str, partitions: list[dict[str, Any]]) -> bytes:

@@ -28,6 +28,11 @@ def read_table(data: bytes, key: str, fmt: str, version: int) -> pa.Table:
         table = ipc.open_file(pa.py_buffer(data)).read_all()
     except (pa.ArrowInvalid, OSError) as e:
         raise CorruptData(f"{key} is unreadable: {e}") from e
+    return check_format(table, key, fmt, version)
+
+
+def check_format(table: pa.Table, key: str, fmt: str, version: int) -> pa.Table:
+    """``table`` if its schema metadata names ``fmt`` at ``version``, else ``CorruptData``."""
     meta = table.schema.metadata or {}
     if meta.get(b"format") != fmt.encode() or meta.get(b"version") != str(version).encode():
         raise CorruptData(f"{key} is not a version-{version} {fmt} table")

@@ -151,3 +151,19 @@ class BackgroundLoad:
         self._stop.set()
         self._thread.join(30)
         assert not self._thread.is_alive(), "the load did not stop"
+
+
+def start_write(path: Path, data: bytes) -> tuple[threading.Thread, threading.Event]:
+    """Write and fsync ``path`` in a thread (it blocks while the filesystem is frozen)."""
+    done = threading.Event()
+
+    def body() -> None:
+        with path.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        done.set()
+
+    writer = threading.Thread(target=body, daemon=True)
+    writer.start()
+    return writer, done

@@ -13,7 +13,6 @@ commit), and the next ordinary cycle must finish the work so that failover equal
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -34,6 +33,7 @@ from r2b.ids import DiskId, MachineName
 from r2b.journal.format import DEFAULT_BLOCK_SIZE
 from r2b.journal.snapshot import Journal
 from r2b.store import LocalStore
+from tests.appdisks import start_write
 from tests.disks import (
     MIB,
     can_loop_mount,
@@ -305,22 +305,6 @@ FREEZE_DRIVER = textwrap.dedent(
 )
 
 
-def start_write(path: Path) -> tuple[threading.Thread, threading.Event]:
-    """Write and fsync ``path`` in a thread (it blocks while the filesystem is frozen)."""
-    done = threading.Event()
-
-    def body() -> None:
-        with path.open("wb") as f:
-            f.write(b"can the application write?\n")
-            f.flush()
-            os.fsync(f.fileno())
-        done.set()
-
-    writer = threading.Thread(target=body, daemon=True)
-    writer.start()
-    return writer, done
-
-
 @pytest.mark.root
 @pytest.mark.slow
 def test_kill_while_frozen_does_not_leave_the_filesystem_frozen(tmp_path: Path) -> None:
@@ -355,7 +339,7 @@ def test_kill_while_frozen_does_not_leave_the_filesystem_frozen(tmp_path: Path) 
             assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
             assert proc.stdout.startswith("KILLED frozen "), proc.stdout
             time.sleep(limit)
-            writer, done = start_write(mnt / "after.txt")
+            writer, done = start_write(mnt / "after.txt", b"can the application write?\n")
             writable = done.wait(limit + 2)
             spools = set(Path(tempfile.gettempdir()).glob("r2b-spool-*"))
             ops.checkpoint(settings, "frozen")

@@ -29,6 +29,7 @@ from r2b.journal.snapshot import BlockMap, Journal
 from r2b.machines import load_machine
 from r2b.store import FaultyStore, LocalStore
 from tests import disks
+from tests.appdisks import start_write
 from tests.disks import (
     MIB,
     debugfs_exists,
@@ -449,22 +450,6 @@ def _thaw(mountpoint: Path) -> None:
     subprocess.run(
         [disks.tool("fsfreeze"), "-u", str(mountpoint)], capture_output=True, check=False
     )
-
-
-def start_write(path: Path, data: bytes) -> tuple[threading.Thread, threading.Event]:
-    """Write and fsync ``path`` in a thread (it blocks while the filesystem is frozen)."""
-    done = threading.Event()
-
-    def body() -> None:
-        with path.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        done.set()
-
-    writer = threading.Thread(target=body, daemon=True)
-    writer.start()
-    return writer, done
 
 
 @pytest.mark.root
